@@ -1,0 +1,14 @@
+"""gsmswarm: integrating knowledge into an LLM served by Petals, measured on GSM8K.
+
+Importing the package is cheap: torch, transformers and petals load only when a backend is created.
+"""
+from .answers import extract_answer, gold_answer, is_correct
+from .config import GenerationConfig, RunConfig
+from .data import load_split
+from .methods import get_method
+from .metrics import accuracy, wilson_interval
+from .prompts import load_prompt, render
+from .results import load_runs, read_records
+
+__all__ = ["extract_answer", "gold_answer", "is_correct", "GenerationConfig", "RunConfig", "load_split",
+           "get_method", "accuracy", "wilson_interval", "load_prompt", "render", "load_runs", "read_records"]

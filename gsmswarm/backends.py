@@ -1,0 +1,133 @@
+"""Backends: one small interface over a Hugging Face causal LM, loaded locally or through a Petals swarm.
+
+Both backends run the same `transformers.generate` loop on the client; they differ only in where the
+transformer blocks run. That is what makes token-for-token parity between them a meaningful check.
+"""
+import logging
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from .config import GenerationConfig, UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Completion:
+    text: str  # decoded completion, cut before the first stop string
+    token_ids: List[int]  # generated ids up to and including the stop (or max_new_tokens)
+    truncated: bool  # hit max_new_tokens without a stop string or end-of-sequence
+    latency_s: float
+
+
+class _StopOnStrings:
+    """Stop once the decoded new text of every sequence contains a stop string (transformers 4.34 has none)."""
+
+    def __init__(self, tokenizer, prompt_len: int, stop: Sequence[str]):
+        self.tokenizer, self.prompt_len, self.stop = tokenizer, prompt_len, stop
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:])
+        return all(any(s in t for s in self.stop) for t in texts)
+
+
+class Backend:
+    """A tokenizer plus a causal LM whose blocks run locally or in a swarm."""
+
+    def __init__(self, name: str, model_name: str, model, tokenizer, dht=None):
+        self.name, self.model_name, self.model, self.tokenizer, self._dht = name, model_name, model, tokenizer, dht
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text).input_ids)
+
+    def generate(self, prompt: str, gen: GenerationConfig) -> List[Completion]:
+        """`gen.n` completions of one prompt, generated as one batch that shares the prompt (no padding)."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        ids = self.tokenizer(prompt, return_tensors="pt").input_ids.repeat(gen.n, 1)
+        sampling = gen.temperature > 0
+        if sampling:
+            torch.manual_seed(gen.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen.max_new_tokens,
+                do_sample=sampling, temperature=gen.temperature if sampling else None,
+                top_p=gen.top_p if sampling else None, top_k=gen.top_k if sampling else None,
+                pad_token_id=self.tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]),
+            )
+        latency = time.perf_counter() - start
+        return [self._finish(row[ids.shape[1]:].tolist(), gen, latency / gen.n) for row in out]
+
+    def _finish(self, new_ids: List[int], gen: GenerationConfig, latency: float) -> Completion:
+        eos = self.tokenizer.eos_token_id
+        if eos in new_ids:  # batch rows that ended early are padded with eos after their end
+            new_ids = new_ids[: new_ids.index(eos) + 1]
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        cut = min((text.index(s) for s in gen.stop if s in text), default=None)
+        stopped = cut is not None or eos in new_ids
+        if cut is not None:
+            text = text[:cut]
+        return Completion(text, new_ids, truncated=not stopped and len(new_ids) >= gen.max_new_tokens,
+                          latency_s=latency)
+
+    def close(self) -> None:
+        """Shut down the client's DHT: otherwise the process can hang at exit in session cleanup."""
+        if self._dht is not None:
+            self._dht.shutdown()
+            self._dht = None
+
+
+def load_backend(name: str, model_path: str, initial_peers: Sequence[str] = (),
+                 dht_prefix: Optional[str] = None) -> Backend:
+    """Load `model_path` as backend `name` ('local' or 'petals'); fp32, so both give identical tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if name == "local":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32)
+        return Backend(name, model_path, model.eval(), tokenizer)
+    if name == "petals":
+        model, dht = _load_petals(model_path, initial_peers, dht_prefix)
+        return Backend(name, model_path, model.eval(), tokenizer, dht)
+    raise UserError(f"unknown backend {name!r}: use local or petals")
+
+
+def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Optional[str]):
+    import torch
+    from hivemind import DHT
+    from hivemind.p2p import P2PDaemonError
+    from petals import AutoDistributedModelForCausalLM
+    from petals.client import RemoteSequential
+    from petals.client.routing import sequence_manager
+
+    from .swarm import LOOPBACK_P2P, dht_prefix_for
+
+    if not initial_peers:
+        raise UserError("--initial-peers is empty: refusing to default to the public swarm")
+
+    class ClientDHT(DHT):
+        """hivemind's DHT with our p2p settings (no NAT port mapping, no AutoNAT, loopback listen address)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**LOOPBACK_P2P, **kwargs})
+
+    # Petals' client builds its DHT inside the model constructor with hivemind's defaults and offers no
+    # option to change them, so the class it instantiates is swapped for the duration of the load.
+    original, sequence_manager.DHT = sequence_manager.DHT, ClientDHT
+    try:
+        model = AutoDistributedModelForCausalLM.from_pretrained(
+            model_path, initial_peers=list(initial_peers), dht_prefix=dht_prefix or dht_prefix_for(model_path),
+            daemon_startup_timeout=30, torch_dtype=torch.float32)
+    except P2PDaemonError as e:
+        raise UserError(f"cannot reach the swarm at {' '.join(initial_peers)}: {str(e).splitlines()[0]}") from None
+    finally:
+        sequence_manager.DHT = original
+    dht = next(m for m in model.modules() if isinstance(m, RemoteSequential)).sequence_manager.dht
+    return model, dht

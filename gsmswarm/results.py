@@ -1,0 +1,111 @@
+"""Results: one JSON line per problem, appended and flushed as soon as it is solved, so a run can resume.
+
+A run's file is `<output_dir>/<method>/<run>.jsonl`; `<run>.summary.json` beside it holds the resolved
+config and the aggregates. A torn last line (the process died mid-write) is dropped on resume; any other
+malformed line stops with an error naming file and line, and the file is left untouched.
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, List
+
+from .config import UserError
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+def run_name(method: str, backend: str, model: str, prompt: str, split: str, n: int, temperature: float,
+             seed: int) -> str:
+    """`<method>__<backend>__<model>__<prompt>__<split>__n<n>__t<temp>__s<seed>`: the file name says the config."""
+    model_short = Path(model.rstrip("/")).name.lower()
+    return f"{method}__{backend}__{model_short}__{prompt}__{split}__n{n}__t{temperature:g}__s{seed}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_DIR, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def read_records(path: Path) -> List[dict]:
+    """Every complete record of a results file; UserError naming file:line for a malformed line."""
+    records = []
+    if not path.exists():
+        return records
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if lineno == len(lines):  # no newline after it: a torn write of the last record
+                break
+            raise UserError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or remove it") from None
+    return records
+
+
+class ResultsWriter:
+    """Append records of one run; knows which problems are already done."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        records = read_records(self.path)
+        self.done: Dict[int, dict] = {r["idx"]: r for r in records}
+        self._drop_torn_tail()
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _drop_torn_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data.endswith(b"\n"):
+                return
+            start = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[start:])
+                f.write(b"\n")  # a complete record that only lacks its newline stays
+            except json.JSONDecodeError:
+                f.truncate(start)  # only the unfinished last line goes
+
+    def write(self, record: dict) -> None:
+        if record["idx"] in self.done:
+            raise ValueError(f"problem {record['idx']} is already in {self.path}")
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done[record["idx"]] = record
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def load_runs(output_dir: str = "method_results") -> List[dict]:
+    """Summaries of every run under `output_dir` (each with its `path`), sorted by run name."""
+    runs = []
+    for p in sorted(Path(output_dir).glob("*/*.summary.json")):
+        summary = json.loads(p.read_text())
+        summary["path"] = str(p)
+        runs.append(summary)
+    return runs

@@ -1,0 +1,243 @@
+"""A private Petals swarm on 127.0.0.1: a DHT bootstrap peer plus servers that split the model's blocks.
+
+Petals' and hivemind's defaults are unsafe on a shared machine: servers listen on 0.0.0.0 and ::, an empty
+`initial_peers` joins the public swarm, `--throughput auto` runs an internet speed test, the server checks
+PyPI for a newer version, and p2pd starts with NAT port mapping (UPnP/NAT-PMP to the LAN) and AutoNAT.
+Everything started here overrides each of those; `LOOPBACK_P2P` is the one place that says how.
+
+    python -m gsmswarm.swarm dht --peers-file PATH            # bootstrap peer; writes its address to PATH
+    python -m gsmswarm.swarm server MODEL --block-indices 0:15 --initial-peers ADDR --dht-prefix NAME
+"""
+import argparse
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_P2P = dict(  # passed to every hivemind DHT we start, server or client
+    host_maddrs=["/ip4/127.0.0.1/tcp/0"],  # listen on loopback only
+    announce_maddrs=None,  # announce what we listen on
+    nat_port_map=False,  # no UPnP/NAT-PMP packets to the LAN
+    auto_nat=False,  # no AutoNAT service
+    use_relay=False,  # no circuit relays: every peer is directly reachable on loopback
+    use_auto_relay=False,  # do not look for relays
+)
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def dht_prefix_for(model: str) -> str:
+    """A DHT prefix for a local folder (Petals needs one; '.' and ' ' are delimiters in its DHT keys)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(model).name).strip("-") or "model"
+
+
+def split_blocks(num_blocks: int, num_servers: int) -> List[str]:
+    """Contiguous `a:b` ranges, one per server, covering every block once."""
+    if not 1 <= num_servers <= num_blocks:
+        raise ValueError(f"cannot split {num_blocks} blocks over {num_servers} servers")
+    edges = [round(i * num_blocks / num_servers) for i in range(num_servers + 1)]
+    return [f"{a}:{b}" for a, b in zip(edges, edges[1:])]
+
+
+def _interrupt_on_sigterm() -> None:
+    # A background job of a non-interactive shell starts with SIGINT ignored: restore it, and treat SIGTERM
+    # the same, so both reach the clean shutdown that also stops p2pd and the handler processes.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def run_dht(peers_file: Path, identity_path: Optional[str]) -> None:
+    from hivemind import DHT
+
+    _interrupt_on_sigterm()
+    dht = DHT(start=True, initial_peers=[], identity_path=identity_path, **LOOPBACK_P2P)
+    try:
+        addrs = [str(a) for a in dht.get_visible_maddrs()]
+        tmp = peers_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(addrs) + "\n")
+        tmp.rename(peers_file)  # readers never see a half-written file
+        print(f"dht ready: {' '.join(addrs)}", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dht.shutdown()
+
+
+def run_server(model: str, block_indices: str, initial_peers: Sequence[str], dht_prefix: str,
+               throughput: float, torch_dtype: str, device: str) -> None:
+    from petals.server.server import Server
+
+    _interrupt_on_sigterm()
+    if not initial_peers:
+        raise SystemExit("error: --initial-peers is empty; refusing to join the public swarm")
+    server = Server(
+        converted_model_name_or_path=model, dht_prefix=dht_prefix, block_indices=block_indices,
+        initial_peers=list(initial_peers), throughput=throughput,  # numeric: no internet speed test
+        torch_dtype=torch_dtype, device=device,
+        reachable_via_relay=False,  # skip the reachability probe
+        skip_reachability_check=True,  # never call the public health service
+        **LOOPBACK_P2P,
+    )  # and no petals.utils.version.validate_version(): that is what calls PyPI at start
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+
+
+class LoopbackSwarm:
+    """Start a DHT and `num_servers` servers on 127.0.0.1 for `model`; stop them on exit.
+
+    Example:
+        with LoopbackSwarm(model_path, workdir) as swarm:
+            backend = load_backend("petals", model_path, initial_peers=swarm.initial_peers)
+    """
+
+    def __init__(self, model: str, workdir: Path, num_servers: int = 2, timeout: float = 240,
+                 torch_dtype: str = "float32"):
+        from transformers import AutoConfig
+
+        self.model, self.workdir, self.timeout = model, Path(workdir), timeout
+        self.num_blocks = AutoConfig.from_pretrained(model).num_hidden_layers
+        self.block_ranges = split_blocks(self.num_blocks, num_servers)
+        self.dht_prefix = dht_prefix_for(model)
+        self.torch_dtype = torch_dtype
+        self.procs: List[subprocess.Popen] = []
+        self.initial_peers: List[str] = []
+
+    @property
+    def peers_file(self) -> Path:
+        return self.workdir / "initial_peers.txt"
+
+    def _spawn(self, name: str, args: List[str]) -> subprocess.Popen:
+        logf = open(self.workdir / f"{name}.log", "wb")
+        env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1", "HIVEMIND_LOGLEVEL": "INFO"}
+        proc = subprocess.Popen([sys.executable, "-m", "gsmswarm.swarm", *args], stdout=logf,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc.name = name
+        self.procs.append(proc)
+        return proc
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.workdir / f"{proc.name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"swarm {proc.name} exited with code {proc.returncode}: " + " | ".join(tail))
+
+    def start(self) -> "LoopbackSwarm":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.peers_file.unlink(missing_ok=True)
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._spawn("dht", ["dht", "--peers-file", str(self.peers_file)])
+            while not self.peers_file.exists():
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"DHT did not start within {self.timeout:.0f}s; see {self.workdir}/dht.log")
+                time.sleep(0.2)
+            self.initial_peers = self.peers_file.read_text().split()
+            for i, blocks in enumerate(self.block_ranges):
+                self._spawn(f"server{i}", ["server", self.model, "--block-indices", blocks, "--dht-prefix",
+                                           self.dht_prefix, "--torch-dtype", self.torch_dtype,
+                                           "--initial-peers", *self.initial_peers])
+            self._wait_until_served(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("loopback swarm up: %d servers %s, peers in %s", len(self.block_ranges), self.block_ranges,
+                 self.peers_file)
+        return self
+
+    def _wait_until_served(self, deadline: float) -> None:
+        from hivemind import DHT
+        from petals.data_structures import ServerState
+        from petals.utils.dht import get_remote_module_infos
+
+        uids = [f"{self.dht_prefix}.{i}" for i in range(self.num_blocks)]
+        dht = DHT(start=True, initial_peers=self.initial_peers, client_mode=True, **LOOPBACK_P2P)
+        try:
+            while True:
+                self._check_alive()
+                infos = get_remote_module_infos(dht, uids, latest=True)
+                if all(any(s.state == ServerState.ONLINE for s in info.servers.values()) for info in infos):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"servers did not serve every block within {self.timeout:.0f}s; "
+                                       f"see {self.workdir}/server*.log")
+                time.sleep(1)
+        finally:
+            dht.shutdown()
+
+    def stop(self) -> None:
+        """SIGINT first (clean: also stops p2pd), then the whole process group if it lingers."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                log.warning("swarm %s ignored SIGINT; killing its process group", proc.name)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # leftover p2pd/handler children share the group
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.procs.clear()
+
+    def pids(self) -> List[int]:
+        """Every process of the swarm, children (p2pd, handlers) included."""
+        import psutil
+
+        out = []
+        for proc in self.procs:
+            try:
+                p = psutil.Process(proc.pid)
+                out += [p.pid] + [c.pid for c in p.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def __enter__(self) -> "LoopbackSwarm":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gsmswarm.swarm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="role", required=True)
+    d = sub.add_parser("dht", help="run a DHT bootstrap peer on 127.0.0.1")
+    d.add_argument("--peers-file", type=Path, required=True, help="where to write this peer's multiaddrs")
+    d.add_argument("--identity-path", default=None, help="private key file: fixes the peer id across restarts")
+    s = sub.add_parser("server", help="serve some blocks of MODEL on 127.0.0.1")
+    s.add_argument("model", help="local model folder (or hub id)")
+    s.add_argument("--block-indices", required=True, help="half-open range of blocks, e.g. 0:15")
+    s.add_argument("--initial-peers", nargs="+", required=True, help="multiaddrs of the DHT bootstrap peer")
+    s.add_argument("--dht-prefix", required=True, help="model name under which blocks are announced")
+    s.add_argument("--throughput", type=float, default=1.0, help="announced throughput (numeric: no speed test)")
+    s.add_argument("--torch-dtype", default="float32", help="float32 keeps swarm and local outputs identical")
+    s.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.update(OFFLINE_ENV)
+    if args.role == "dht":
+        run_dht(args.peers_file, args.identity_path)
+    else:
+        run_server(args.model, args.block_indices, args.initial_peers, args.dht_prefix, args.throughput,
+                   args.torch_dtype, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The CLI end to end through the real loopback swarm, and its answers to bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gsmswarm.results import read_records
+
+RUN = "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "gsmswarm", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "INITIAL_PEERS": ""})
+
+
+def run_args(swarm, out, limit):
+    return ["run", "--method", "cot", "--backend", "petals", "--split", "test", "--limit", str(limit),
+            "--max-new-tokens", "32", "--output-dir", str(out), "--initial-peers", *swarm.initial_peers]
+
+
+def test_run_writes_records_and_summary_then_resumes(swarm, tmp_path):
+    out = tmp_path / "results"
+    first = cli(*run_args(swarm, out, 2))
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = out / "cot" / f"{RUN}.jsonl"
+    records = read_records(path)
+    assert [r["idx"] for r in records] == [0, 1]
+    r = records[0]
+    assert r["gold"] == "18" and r["backend"] == "petals" and r["model"] == "smollm2-135m"
+    assert set(r["preds"]) == {"strict", "flexible"} and len(r["completions"]) == 1
+    assert r["n_prompt_tokens"] > 500 and 0 < r["n_completion_tokens"][0] <= 32 and r["latency_s"] > 0
+    summary = json.loads((out / "cot" / f"{RUN}.summary.json").read_text())
+    assert summary["metrics"]["answer"]["n"] == 2 and summary["config"]["gen"]["max_new_tokens"] == 32
+    assert "acc=" in first.stdout and "95% CI" in first.stdout
+
+    again = cli(*run_args(swarm, out, 3))  # one more problem: only problem 2 is generated
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 of 3 problems already done" in again.stderr
+    assert [r["idx"] for r in read_records(path)] == [0, 1, 2]
+    assert read_records(path)[:2] == records
+
+
+def test_killed_run_resumes_without_duplicates(swarm, tmp_path):
+    out = tmp_path / "results"
+    path = out / "cot" / f"{RUN}.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "gsmswarm", *run_args(swarm, out, 3)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (path.exists() and path.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, "first record never appeared"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_records(path))
+    assert 1 <= done_before < 3
+    resumed = cli(*run_args(swarm, out, 3))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["idx"] for r in read_records(path)] == [0, 1, 2]
+
+
+def test_summarize_prints_table(swarm, tmp_path):
+    out = tmp_path / "results"
+    assert cli(*run_args(swarm, out, 1)).returncode == 0
+    table = cli("summarize", "--output-dir", str(out))
+    assert table.returncode == 0 and RUN in table.stdout and "95% CI" in table.stdout
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and len(lines) <= 2, result.stderr  # at most a "resuming" line
+    assert lines[-1].startswith("error: ") and all(n in lines[-1] for n in needles), lines[-1]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["run", "--method", "tree_search"], ["unknown method", "tree_search"]),
+    (["run", "--backend", "openai"], ["--backend"]),
+    (["run", "--no-such-flag", "1"], ["unrecognized arguments", "--no-such-flag"]),
+    (["run", "--limit", "many"], ["--limit", "invalid int"]),
+    (["run", "--model", "/nonexistent/model"], ["--model", "/nonexistent/model"]),
+    (["run", "--prompt", "nope"], ["--prompt nope"]),
+    (["run", "--n", "4"], ["--temperature"]),
+    (["run", "--initial-peers", "localhost:1234"], ["--initial-peers"]),
+    (["summarize", "--output-dir", "/nonexistent"], ["--output-dir"]),
+])
+def test_bad_input_gives_one_line(args, needles):
+    one_line_error(cli(*args, timeout=60), *needles)
+
+
+def test_unreachable_swarm_is_one_line_and_keeps_results(tmp_path):
+    out = tmp_path / "results"
+    path = out / "cot" / f"{RUN}.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"idx": 0, "commit": "x", "prompt_hash": "x", "n_completion_tokens": [1], '
+                    '"latency_s": 1, "truncated": [false], "correct": false, "pred": "1", "gold": "18", '
+                    '"preds": {"strict": ["1"], "flexible": ["1"]}}\n')
+    before = path.read_bytes()
+    dead = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWFi4kvZGFvBDcsRF5bVbPPtNHnUugSEYV9qACBCuqksZA"
+    result = cli("run", "--limit", "2", "--output-dir", str(out), "--initial-peers", dead, timeout=120)
+    one_line_error(result, "cannot reach the swarm", dead)
+    assert path.read_bytes() == before
+
+
+def test_malformed_results_line_is_named_and_kept(tmp_path):
+    out = tmp_path / "results"
+    path = out / "cot" / f"{RUN}.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"idx": 0}\n{broken\n{"idx": 2}\n')
+    before = path.read_bytes()
+    one_line_error(cli("run", "--limit", "3", "--output-dir", str(out), timeout=60), f"{path}:2")
+    assert path.read_bytes() == before

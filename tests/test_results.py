@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from gsmswarm.config import UserError
+from gsmswarm.results import ResultsWriter, read_records, run_name
+
+
+def _record(idx):
+    return {"idx": idx, "pred": str(idx), "correct": True}
+
+
+def test_resume_after_torn_write(tmp_path):
+    path = tmp_path / "cot" / "run.jsonl"
+    with ResultsWriter(path) as w:
+        w.write(_record(0))
+        w.write(_record(1))
+    with open(path, "a") as f:
+        f.write('{"idx": 2, "pred": "2", "corr')  # the process died mid-write
+    w = ResultsWriter(path)
+    assert sorted(w.done) == [0, 1]
+    w.write(_record(2))
+    w.close()
+    assert [r["idx"] for r in read_records(path)] == [0, 1, 2]
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "run.jsonl"
+    path.write_text(json.dumps(_record(0)) + "\n" + json.dumps(_record(1)))
+    with ResultsWriter(path) as w:
+        assert sorted(w.done) == [0, 1]
+        w.write(_record(2))
+    assert [r["idx"] for r in read_records(path)] == [0, 1, 2]
+
+
+def test_malformed_middle_line_is_an_error_and_file_untouched(tmp_path):
+    path = tmp_path / "run.jsonl"
+    content = json.dumps(_record(0)) + "\nnot json\n" + json.dumps(_record(2)) + "\n"
+    path.write_text(content)
+    with pytest.raises(UserError, match=r"run\.jsonl:2: malformed JSON"):
+        ResultsWriter(path)
+    assert path.read_text() == content
+
+
+def test_no_duplicate_records(tmp_path):
+    with ResultsWriter(tmp_path / "run.jsonl") as w:
+        w.write(_record(0))
+        with pytest.raises(ValueError):
+            w.write(_record(0))
+
+
+def test_run_name_encodes_config():
+    name = run_name("cot", "petals", "smollm2-135m", "cot_8shot", "test", 1, 0.0, 0)
+    assert name == "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"

@@ -1,0 +1,54 @@
+"""A real Petals swarm on 127.0.0.1 serving the embedded model: hygiene, and parity with the local model."""
+import psutil
+import pytest
+
+from gsmswarm.config import GenerationConfig
+from gsmswarm.data import load_split
+from gsmswarm.prompts import load_prompt, render
+from gsmswarm.swarm import split_blocks
+
+
+def test_split_blocks_covers_every_block_once():
+    assert split_blocks(30, 2) == ["0:15", "15:30"]
+    assert split_blocks(30, 4) == ["0:8", "8:15", "15:22", "22:30"]
+    with pytest.raises(ValueError):
+        split_blocks(2, 3)
+
+
+def _sockets(pids):
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            yield proc, proc.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+
+
+def test_swarm_listens_on_loopback_only(swarm, petals_backend):
+    listening = [(p.name(), c.laddr) for p, conns in _sockets(swarm.pids() + [psutil.Process().pid])
+                 for c in conns if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 3  # a p2pd per DHT peer and server
+    assert all(addr.ip == "127.0.0.1" for _, addr in listening), listening
+    remote = [c.raddr for _, conns in _sockets(swarm.pids()) for c in conns if c.raddr]
+    assert all(addr.ip == "127.0.0.1" for addr in remote), remote
+    assert all(p.startswith("/ip4/127.0.0.1/") for p in swarm.initial_peers)
+
+
+def test_p2pd_starts_without_nat_port_mapping_or_autonat(swarm):
+    daemons = [psutil.Process(pid).cmdline() for pid in swarm.pids() if psutil.Process(pid).name() == "p2pd"]
+    assert len(daemons) == 3  # the DHT and two servers
+    for cmd in daemons:
+        flags = dict(arg.lstrip("-").split("=", 1) for arg in cmd[1:] if "=" in arg)
+        assert flags.get("natPortMap") in ("false", "0") and flags.get("autonat") in ("false", "0"), cmd
+        assert "bootstrapPeers" not in flags or "/ip4/127.0.0.1/" in flags["bootstrapPeers"], cmd
+
+
+def test_swarm_greedy_tokens_equal_local(local_backend, petals_backend):
+    gen = GenerationConfig(max_new_tokens=24)
+    template = load_prompt("cot_8shot")
+    for problem in load_split("test", limit=2):
+        prompt = render(template, question=problem.question)
+        local = local_backend.generate(prompt, gen)[0]
+        remote = petals_backend.generate(prompt, gen)[0]
+        assert remote.token_ids == local.token_ids
+        assert remote.text == local.text
