@@ -13,7 +13,7 @@ INVALID = "[invalid]"  # a failed parse; can never equal a real number (a parser
 _NUMBER = r"-?(?:\$\s*)?(?:\d[\d,]*\.?\d*|\.\d+)"
 _STRICT_RE = re.compile(rf"(?:The answer is|####)\s*:?\s*({_NUMBER})", re.IGNORECASE)
 _NUMBER_RE = re.compile(_NUMBER)
-_CALC_RE = re.compile(r"<<[^>]*>>")  # calculator annotations such as <<16-3-4=9>>
+CALC_RE = re.compile(r"<<[^>]*>>")  # calculator annotations such as <<16-3-4=9>>
 
 
 def _normalise(number: str) -> str:
@@ -28,12 +28,12 @@ def _normalise(number: str) -> str:
 
 
 def _strict(completion: str) -> str:
-    matches = _STRICT_RE.findall(_CALC_RE.sub("", completion))
+    matches = _STRICT_RE.findall(CALC_RE.sub("", completion))
     return _normalise(matches[0]) if matches else INVALID
 
 
 def _flexible(completion: str) -> str:
-    matches = _NUMBER_RE.findall(_CALC_RE.sub("", completion))
+    matches = _NUMBER_RE.findall(CALC_RE.sub("", completion))
     for m in reversed(matches):
         value = _normalise(m)
         if value != INVALID:

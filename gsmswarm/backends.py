@@ -3,12 +3,15 @@
 Both backends run the same `transformers.generate` loop on the client; they differ only in where the
 transformer blocks run. That is what makes token-for-token parity between them a meaningful check.
 """
+import contextlib
 import logging
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .config import GenerationConfig, UserError
+from .config import CACHE_DIR, GenerationConfig, UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +54,12 @@ class Backend:
         if sampling:
             torch.manual_seed(gen.seed)
         start = time.perf_counter()
+        # Sampling settings go in only when sampling: transformers warns about them under greedy decoding.
+        sample_kw = dict(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k) if sampling else {}
         with torch.inference_mode():
             out = self.model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen.max_new_tokens,
-                do_sample=sampling, temperature=gen.temperature if sampling else None,
-                top_p=gen.top_p if sampling else None, top_k=gen.top_k if sampling else None,
-                pad_token_id=self.tokenizer.eos_token_id,
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen.max_new_tokens, do_sample=sampling,
+                pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
                 stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]),
             )
         latency = time.perf_counter() - start
@@ -97,6 +100,22 @@ def load_backend(name: str, model_path: str, initial_peers: Sequence[str] = (),
         model, dht = _load_petals(model_path, initial_peers, dht_prefix)
         return Backend(name, model_path, model.eval(), tokenizer, dht)
     raise UserError(f"unknown backend {name!r}: use local or petals")
+
+
+@contextlib.contextmanager
+def open_backend(name: str, model_path: str, initial_peers: Sequence[str] = (), dht_prefix: Optional[str] = None,
+                 num_servers: int = 2, workdir: Optional[Path] = None):
+    """A backend ready to generate; for 'petals' without peers, a loopback swarm lives as long as it."""
+    with contextlib.ExitStack() as stack:
+        if name == "petals" and not initial_peers:
+            from .swarm import LoopbackSwarm
+
+            print(f"starting a loopback swarm ({num_servers} servers) for {model_path} ...", file=sys.stderr)
+            swarm = stack.enter_context(LoopbackSwarm(model_path, workdir or CACHE_DIR / "swarm", num_servers))
+            initial_peers, dht_prefix = swarm.initial_peers, swarm.dht_prefix
+        backend = load_backend(name, model_path, initial_peers, dht_prefix)
+        stack.callback(backend.close)
+        yield backend
 
 
 def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Optional[str]):

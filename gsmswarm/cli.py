@@ -5,7 +5,6 @@ Generation happens here; notebooks read what it writes. Flags map 1:1 onto the f
 """
 import argparse
 import codecs
-import contextlib
 import dataclasses
 import logging
 import os
@@ -16,10 +15,9 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .config import GenerationConfig, RunConfig, UserError, as_dict
+from .config import CACHE_DIR, GenerationConfig, RunConfig, UserError, as_dict
 
 log = logging.getLogger("gsmswarm")
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +33,9 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: Sequence[st
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = typing.get_args(f.type)[0] if typing.get_origin(f.type) in (typing.Union, tuple) else f.type
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
+        text = f.metadata["help"]
+        text += "" if "default" in text else f" (default: {f.default!r})"
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=text)
         if typing.get_origin(f.type) is tuple:
             kw["nargs"] = "+"
         if kind is str and f.name == "stop":
@@ -49,28 +49,11 @@ def _build(cls, args: argparse.Namespace):
     return cls(**values)
 
 
-@contextlib.contextmanager
-def open_backend(name: str, model_path: str, initial_peers: Sequence[str], dht_prefix: Optional[str],
-                 num_servers: int = 2, workdir: Optional[Path] = None):
-    """A backend ready to generate; for 'petals' without peers, a loopback swarm lives as long as it."""
-    from .backends import load_backend
-
-    with contextlib.ExitStack() as stack:
-        if name == "petals" and not initial_peers:
-            from .swarm import LoopbackSwarm
-
-            print(f"starting a loopback swarm ({num_servers} servers) for {model_path} ...", file=sys.stderr)
-            swarm = stack.enter_context(LoopbackSwarm(model_path, workdir or CACHE_DIR / "swarm", num_servers))
-            initial_peers, dht_prefix = swarm.initial_peers, swarm.dht_prefix
-        backend = load_backend(name, model_path, initial_peers, dht_prefix)
-        stack.callback(backend.close)
-        yield backend
-
-
 def run(config: RunConfig, gen: GenerationConfig) -> dict:
     """Solve every not-yet-solved problem of the split, appending records; return the run's summary."""
     from tqdm import tqdm
 
+    from .backends import open_backend
     from .convert import resolve_model
     from .data import load_split
     from .methods import get_method
@@ -139,6 +122,7 @@ def format_table(summaries: List[dict]) -> str:
 
 def parity(config: RunConfig, gen: GenerationConfig) -> int:
     """Greedy tokens through the swarm vs the local model on the first `limit` problems; 0 if all equal."""
+    from .backends import open_backend
     from .convert import resolve_model
     from .data import load_split
     from .prompts import load_prompt, render

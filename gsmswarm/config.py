@@ -2,7 +2,12 @@
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Tuple
+
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+CACHE_DIR = Path(os.environ.get("GSMSWARM_CACHE", REPO_DIR / ".cache"))  # converted models, swarm logs; not in git
 
 
 class UserError(Exception):
@@ -39,7 +44,7 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    method: str = _help("one of the registered methods (see `gsmswarm.methods.METHODS`)", default="cot")
+    method: str = _help("a registered method: cot (chain-of-thought)", default="cot")
     backend: str = _help("'petals' (through a swarm) or 'local' (transformers on this machine)",
                          default="petals")
     model: str = _help("'smollm2-135m' (embedded), a local Hugging Face folder, or a hub id",

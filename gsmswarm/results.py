@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List
 
-from .config import UserError
+from .config import REPO_DIR, UserError
 
-REPO_DIR = Path(__file__).resolve().parent.parent
 
 
 def run_name(method: str, backend: str, model: str, prompt: str, split: str, n: int, temperature: float,
@@ -99,6 +98,18 @@ def write_summary(path: Path, summary: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def records_frame(records: List[dict]):
+    """One row per problem: the columns the notebooks tabulate and plot."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "idx": r["idx"], "gold": r["gold"], "pred": r["pred"], "correct": r["correct"],
+        **{f"pred_{name}": preds[0] for name, preds in r["preds"].items()},
+        "n_completion_tokens": r["n_completion_tokens"][0], "truncated": r["truncated"][0],
+        "latency_s": r["latency_s"], "completion": r["completions"][0],
+    } for r in records])
 
 
 def load_runs(output_dir: str = "method_results") -> List[dict]:

@@ -7,6 +7,7 @@ Everything started here overrides each of those; `LOOPBACK_P2P` is the one place
 
     python -m gsmswarm.swarm dht --peers-file PATH            # bootstrap peer; writes its address to PATH
     python -m gsmswarm.swarm server MODEL --block-indices 0:15 --initial-peers ADDR --dht-prefix NAME
+    python -m gsmswarm.swarm local --model smollm2-135m --num-servers 2   # both, until Ctrl-C
 """
 import argparse
 import logging
@@ -214,6 +215,22 @@ class LoopbackSwarm:
         self.stop()
 
 
+def run_local(model: str, num_servers: int, workdir: Path) -> None:
+    from .convert import resolve_model
+
+    _interrupt_on_sigterm()
+    with LoopbackSwarm(resolve_model(model), workdir, num_servers) as swarm:
+        print(f"swarm ready: {len(swarm.block_ranges)} servers {swarm.block_ranges}, logs in {workdir}\n"
+              f"export INITIAL_PEERS=\"{' '.join(swarm.initial_peers)}\"  # also in {swarm.peers_file}\n"
+              f"Ctrl-C stops the swarm.", flush=True)
+        try:
+            while all(p.poll() is None for p in swarm.procs):
+                time.sleep(1)
+            swarm._check_alive()
+        except KeyboardInterrupt:
+            print("stopping the swarm", flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gsmswarm.swarm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,11 +246,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     s.add_argument("--throughput", type=float, default=1.0, help="announced throughput (numeric: no speed test)")
     s.add_argument("--torch-dtype", default="float32", help="float32 keeps swarm and local outputs identical")
     s.add_argument("--device", default="cpu")
+    loc = sub.add_parser("local", help="a whole swarm (DHT + servers) on 127.0.0.1, until Ctrl-C")
+    loc.add_argument("--model", default="smollm2-135m", help="embedded model name, local folder or hub id")
+    loc.add_argument("--num-servers", type=int, default=2, help="servers that split the blocks")
+    loc.add_argument("--workdir", type=Path, default=Path(".cache/swarm/local"), help="logs and initial_peers.txt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.update(OFFLINE_ENV)
     if args.role == "dht":
         run_dht(args.peers_file, args.identity_path)
+    elif args.role == "local":
+        run_local(args.model, args.num_servers, args.workdir)
     else:
         run_server(args.model, args.block_indices, args.initial_peers, args.dht_prefix, args.throughput,
                    args.torch_dtype, args.device)

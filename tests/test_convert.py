@@ -1,8 +1,6 @@
 """The embedded model is the real SmolLM2 converted from GGUF: check the conversion, not just that it loads."""
 import math
 
-import pytest
-
 from gsmswarm.convert import GGUF_SHA256, embedded_gguf_path, sha256_file
 from gsmswarm.data import load_split
 

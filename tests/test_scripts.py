@@ -1,0 +1,44 @@
+"""server_run.sh --local starts a usable loopback swarm; client_run.sh passes flags through."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sh(*args, env=None):
+    return subprocess.run(["bash", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_dry_runs_print_the_commands():
+    server = sh("server_run.sh", "--local", "--num-servers", "3", "--dry-run")
+    assert server.returncode == 0
+    assert "-m gsmswarm.swarm local --model smollm2-135m --num-servers 3" in server.stderr
+    client = sh("client_run.sh", "--dry-run", "--method", "cot", "--limit", "5",
+                env={"INITIAL_PEERS": "/ip4/127.0.0.1/tcp/1/p2p/X", "MODEL_NAME": "m"})
+    assert client.returncode == 0
+    assert 'INITIAL_PEERS="/ip4/127.0.0.1/tcp/1/p2p/X"' in client.stderr
+    assert "-m gsmswarm run --backend petals --model m --method cot --limit 5" in client.stderr
+
+
+def test_scripts_refuse_unknown_or_unsupported_flags():
+    assert sh("server_run.sh", "--bogus").returncode == 2
+    assert "only --local" in sh("server_run.sh").stderr
+
+
+def test_server_run_local_serves_and_stops_on_sigint(tmp_path):
+    proc = subprocess.Popen(["bash", "server_run.sh", "--local"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline, lines = time.monotonic() + 240, []
+        while not any(line.startswith("export INITIAL_PEERS=") for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            lines.append(proc.stdout.readline())
+        peers = next(line for line in lines if line.startswith("export")).split('"')[1].split()
+        assert peers and all(p.startswith("/ip4/127.0.0.1/tcp/") for p in peers)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
