@@ -126,8 +126,10 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
     from petals.client import RemoteSequential
     from petals.client.routing import sequence_manager
 
+    from . import petals_patches
     from .swarm import LOOPBACK_P2P, dht_prefix_for
 
+    petals_patches.apply()
     if not initial_peers:
         raise UserError("--initial-peers is empty: refusing to default to the public swarm")
 

@@ -6,6 +6,7 @@ Generation happens here; notebooks read what it writes. Flags map 1:1 onto the f
 import argparse
 import codecs
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ import time
 import typing
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from .config import CACHE_DIR, GenerationConfig, RunConfig, UserError, as_dict
 
@@ -40,7 +41,8 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: Sequence[st
             kw["nargs"] = "+"
         if kind is str and f.name == "stop":
             kind = lambda s: codecs.decode(s, "unicode_escape")  # noqa: E731 -- lets users type \n
-        parser.add_argument(flag, type=kind, **kw)
+        flags = [flag, *f.metadata.get("aliases", ())]
+        parser.add_argument(*flags, type=kind, **kw)
 
 
 def _build(cls, args: argparse.Namespace):
@@ -56,11 +58,14 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     from .backends import open_backend
     from .convert import resolve_model
     from .data import load_split
-    from .methods import get_method
+    from .methods import SAMPLING_METHODS, get_method
     from .prompts import load_prompt, prompt_hash
+    from .report import summarize_run
     from .results import ResultsWriter, git_commit, run_name
 
     method = get_method(config.method)
+    if config.method in SAMPLING_METHODS and gen.n < 2:
+        raise UserError(f"--method {config.method} needs --samples k >= 2 (and --temperature > 0)")
     template = load_prompt(config.prompt)
     try:
         model_path = resolve_model(config.model)
@@ -72,52 +77,35 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     path = Path(config.output_dir) / config.method / f"{name}.jsonl"
     base = {"run_id": name, "method": config.method, "backend": config.backend, "model": config.model,
             "prompt": config.prompt, "prompt_hash": prompt_hash(template), "gen": as_dict(gen),
-            "commit": git_commit()}
+            "split": config.split, "commit": git_commit()}
+    summary = None
     with ResultsWriter(path) as writer:
         todo = [p for p in problems if p.idx not in writer.done]
         if writer.done:
+            _check_same_config(path, next(iter(writer.done.values())), base)
             print(f"resuming {path}: {len(problems) - len(todo)} of {len(problems)} problems already done",
                   file=sys.stderr)
-        if todo:
-            with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix,
-                              config.num_servers, CACHE_DIR / "swarm" / name) as backend:
-                for problem in tqdm(todo, desc=name, unit="problem", dynamic_ncols=True):
-                    solved = method.solve(problem, backend, template, gen)
-                    writer.write({**base, "idx": problem.idx, "question": problem.question, "gold": problem.gold,
-                                  **solved, "error": None})
-        records = [writer.done[p.idx] for p in problems]
-    return summarize_run(path, records, config, gen)
-
-
-def summarize_run(path: Path, records: List[dict], config: RunConfig, gen: GenerationConfig) -> dict:
-    from .answers import FILTERS
-    from .metrics import accuracy
-    from .results import write_summary
-
-    summary = {
-        "run_id": path.stem, "config": {**as_dict(config), "gen": as_dict(gen)},
-        "commit": records[-1]["commit"] if records else None,
-        "prompt_hash": records[-1]["prompt_hash"] if records else None,
-        "metrics": {name: accuracy(records, name) for name in ("answer", *FILTERS)},
-        "n_completion_tokens": sum(sum(r["n_completion_tokens"]) for r in records),
-        "generation_s": round(sum(r["latency_s"] for r in records), 1),
-        "truncated_rate": sum(r["truncated"][0] for r in records) / len(records) if records else 0.0,
-    }
-    write_summary(path.with_suffix("").with_suffix(".summary.json"), summary)
+        try:
+            if todo:
+                with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix,
+                                  config.num_servers, CACHE_DIR / "swarm" / name) as backend:
+                    for problem in tqdm(todo, desc=name, unit="problem", dynamic_ncols=True):
+                        solved = method.solve(problem, backend, template, gen)
+                        writer.write({**base, "idx": problem.idx, "question": problem.question,
+                                      "gold": problem.gold, **solved, "error": None})
+        finally:  # an interrupted run still gets a summary of what it finished
+            records = [writer.done[p.idx] for p in problems if p.idx in writer.done]
+            if records:
+                summary = summarize_run(path, records, {**as_dict(config), "gen": as_dict(gen)})
     return summary
 
 
-def format_table(summaries: List[dict]) -> str:
-    """One line per run: accuracy with its 95% interval, both filters, invalid and truncated rates, speed."""
-    rows = [("run", "n", "acc", "95% CI", "strict", "flexible", "invalid", "trunc", "s/problem")]
-    for s in summaries:
-        m = s["metrics"]["answer"]
-        rows.append((s["run_id"], str(m["n"]), f"{m['accuracy']:.3f}", f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
-                     f"{s['metrics']['strict']['accuracy']:.3f}", f"{s['metrics']['flexible']['accuracy']:.3f}",
-                     f"{m['invalid_rate']:.2f}", f"{s['truncated_rate']:.2f}",
-                     f"{s['generation_s'] / max(m['n'], 1):.1f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+def _check_same_config(path: Path, old: dict, base: dict) -> None:
+    """Resuming appends to a run only if the prompt and generation settings are the ones it was made with."""
+    for key in ("prompt_hash", "gen"):
+        if old.get(key) != json.loads(json.dumps(base[key])):
+            raise UserError(f"{path} was made with another {key} ({old.get(key)}); "
+                            f"use another --output-dir or move that file")
 
 
 def parity(config: RunConfig, gen: GenerationConfig) -> int:
@@ -145,6 +133,28 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     return 1 if mismatches else 0
 
 
+def summarize(output_dir: str) -> None:
+    """Recompute every run's summary from its records; print the tables; write plots beside the runs."""
+    from .report import (comparison_table, default_baseline, format_table, maj_table, plot_accuracy,
+                         plot_maj_curves, run_records, summarize_run)
+    from .results import load_runs
+
+    runs = load_runs(output_dir)
+    if not runs:
+        raise UserError(f"--output-dir {output_dir}: no *.summary.json found")
+    runs = [{**summarize_run(Path(r["path"]).with_name(r["run_id"] + ".jsonl"), run_records(r), r["config"]),
+             "path": r["path"]} for r in runs]
+    print(format_table(runs))
+    baseline = default_baseline(runs)
+    if baseline and len(runs) > 1:
+        print("\n" + comparison_table(runs, baseline))
+    if any(r["maj_curve"] for r in runs):
+        print("\n" + maj_table(runs))
+        plot_maj_curves(runs, Path(output_dir) / "maj_at_k.png")
+    plot_accuracy(runs, Path(output_dir) / "accuracy.png")
+    print(f"\nplots: {output_dir}/accuracy.png" + (f", {output_dir}/maj_at_k.png" if any(r["maj_curve"] for r in runs) else ""))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _Parser(prog="python -m gsmswarm", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,18 +180,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(ensure_embedded_model())
             return 0
         if args.command == "summarize":
-            from .results import load_runs
-
-            runs = load_runs(args.output_dir)
-            if not runs:
-                raise UserError(f"--output-dir {args.output_dir}: no *.summary.json found")
-            print(format_table(runs))
+            summarize(args.output_dir)
             return 0
         config, gen = _build(RunConfig, args), _build(GenerationConfig, args)
         if args.command == "parity":
             return parity(config, gen)
         start = time.perf_counter()
         summary = run(config, gen)
+        from .report import format_table
+
         print(format_table([summary]))
         m = summary["metrics"]["answer"]
         print(f"{config.method} {config.split} n={m['n']} acc={m['accuracy']:.3f} invalid={m['invalid_rate']:.2f} "

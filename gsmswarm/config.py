@@ -14,8 +14,8 @@ class UserError(Exception):
     """Bad input from the user (flag, file, swarm address): the CLI prints it as one line, no traceback."""
 
 
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, aliases=(), **kw):
+    return field(metadata={"help": text, "aliases": aliases}, **kw)
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class GenerationConfig:
     temperature: float = _help("0 = greedy decoding; > 0 samples", default=0.0)
     top_p: float = _help("nucleus sampling mass (sampling only)", default=1.0)
     top_k: int = _help("sample from the k likeliest tokens, 0 = all (sampling only)", default=0)
-    n: int = _help("completions per problem (self-consistency uses n > 1)", default=1)
+    n: int = _help("completions per problem (self-consistency samples k > 1 and votes)", default=1,
+                   aliases=("--samples",))
     seed: int = _help("seed for sampling", default=0)
     stop: Tuple[str, ...] = _help("stop strings; the first one is the prompts' exemplar separator",
                                   default=("\n\n", "\nQ:"))
@@ -44,7 +45,7 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    method: str = _help("a registered method: cot (chain-of-thought)", default="cot")
+    method: str = _help("cot (chain-of-thought) or self_consistency (cot + --samples k + a vote)", default="cot")
     backend: str = _help("'petals' (through a swarm) or 'local' (transformers on this machine)",
                          default="petals")
     model: str = _help("'smollm2-135m' (embedded), a local Hugging Face folder, or a hub id",

@@ -1,8 +1,11 @@
-"""Scores computed from records: accuracy with a 95% Wilson interval, per extraction filter."""
+"""Scores computed from records: accuracy with 95% Wilson intervals, majority votes and maj@k curves,
+and exact McNemar tests for two runs on the same problems. Extraction lives in answers.py; this module
+only compares strings."""
 import math
-from typing import Dict, List, Tuple
+from collections import Counter
+from typing import Dict, List, Sequence, Tuple
 
-from .answers import INVALID
+from .answers import INVALID, extract_answer
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
@@ -15,15 +18,67 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def accuracy(records: List[dict], filter_name: str = "answer") -> Dict[str, float]:
-    """Accuracy of `pred` (filter 'answer') or of a named filter's first pred, with its interval."""
-    if filter_name == "answer":
-        hits = [r["correct"] for r in records]
-        invalid = [r["pred"] == INVALID for r in records]
-    else:
-        hits = [r["preds"][filter_name][0] == r["gold"] for r in records]
-        invalid = [r["preds"][filter_name][0] == INVALID for r in records]
-    k, n = sum(hits), len(records)
+def majority_vote(preds: Sequence[str]) -> str:
+    """The most frequent valid pred; a tie goes to the pred seen first; INVALID only if nothing is valid."""
+    valid = [p for p in preds if p != INVALID]
+    if not valid:
+        return INVALID
+    counts = Counter(valid)
+    top = max(counts.values())
+    return next(p for p in valid if counts[p] == top)
+
+
+def _proportion(hits: Sequence[bool], invalid: Sequence[bool]) -> Dict[str, float]:
+    k, n = sum(hits), len(hits)
     lo, hi = wilson_interval(k, n)
     return {"n": n, "correct": k, "accuracy": k / n if n else 0.0, "ci_low": lo, "ci_high": hi,
             "invalid_rate": sum(invalid) / n if n else 0.0}
+
+
+def accuracy(records: List[dict], filter_name: str = "answer") -> Dict[str, float]:
+    """Accuracy of each record's `pred` ('answer') or of a named filter's vote over its completions."""
+    if filter_name == "answer":
+        preds = [r["pred"] for r in records]
+    else:
+        preds = [majority_vote(r["preds"][filter_name]) for r in records]
+    return _proportion([p == r["gold"] for p, r in zip(preds, records)], [p == INVALID for p in preds])
+
+
+def answer_preds(record: dict) -> List[str]:
+    """Each completion's answer; recomputed from the raw completions for records that predate the 'answer' filter."""
+    return record["preds"].get("answer") or [extract_answer(c) for c in record["completions"]]
+
+
+def maj_at_k(records: List[dict], k: int) -> Dict[str, float]:
+    """Accuracy of the vote over each record's first k completions (one run with n samples gives every k <= n)."""
+    if any(len(r["completions"]) < k for r in records):
+        raise ValueError(f"maj@{k} needs at least {k} completions per record")
+    preds = [majority_vote(answer_preds(r)[:k]) for r in records]
+    return {"k": k, **_proportion([p == r["gold"] for p, r in zip(preds, records)], [p == INVALID for p in preds])}
+
+
+def maj_curve(records: List[dict]) -> List[Dict[str, float]]:
+    """maj@k for k = 1 .. the number of completions every record has."""
+    n = min(len(r["completions"]) for r in records)
+    return [maj_at_k(records, k) for k in range(1, n + 1)]
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs against p = 1/2."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired(records_a: List[dict], records_b: List[dict]) -> Dict[str, float]:
+    """Compare two runs on the problems both solved: counts of the four outcomes and the McNemar p-value."""
+    a = {r["idx"]: r["correct"] for r in records_a}
+    b = {r["idx"]: r["correct"] for r in records_b}
+    common = sorted(a.keys() & b.keys())
+    both = sum(a[i] and b[i] for i in common)
+    only_a = sum(a[i] and not b[i] for i in common)
+    only_b = sum(b[i] and not a[i] for i in common)
+    return {"n": len(common), "both_right": both, "only_a": only_a, "only_b": only_b,
+            "both_wrong": len(common) - both - only_a - only_b, "p_value": mcnemar_exact(only_a, only_b)}

@@ -8,6 +8,9 @@ import time
 
 import pytest
 
+from gsmswarm.config import GenerationConfig, as_dict
+from gsmswarm.metrics import majority_vote
+from gsmswarm.prompts import load_prompt, prompt_hash
 from gsmswarm.results import read_records
 
 RUN = "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
@@ -49,12 +52,12 @@ def test_killed_run_resumes_without_duplicates(swarm, tmp_path):
     out = tmp_path / "results"
     path = out / "cot" / f"{RUN}.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "gsmswarm", *run_args(swarm, out, 3)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (path.exists() and path.read_text().count("\n") >= 1):
         assert proc.poll() is None and time.monotonic() < deadline, "first record never appeared"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client and its DHT child and p2pd, as a killed terminal job
     proc.wait()
     done_before = len(read_records(path))
     assert 1 <= done_before < 3
@@ -63,11 +66,14 @@ def test_killed_run_resumes_without_duplicates(swarm, tmp_path):
     assert [r["idx"] for r in read_records(path)] == [0, 1, 2]
 
 
-def test_summarize_prints_table(swarm, tmp_path):
+def test_summarize_prints_tables_and_writes_plots(swarm, tmp_path):
     out = tmp_path / "results"
-    assert cli(*run_args(swarm, out, 1)).returncode == 0
+    assert cli(*run_args(swarm, out, 2)).returncode == 0
+    assert cli(*run_args(swarm, out, 2)[:-len(swarm.initial_peers) - 1], "--backend", "local").returncode == 0
     table = cli("summarize", "--output-dir", str(out))
-    assert table.returncode == 0 and RUN in table.stdout and "95% CI" in table.stdout
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert RUN in table.stdout and "95% CI" in table.stdout and "McNemar p" in table.stdout
+    assert (out / "accuracy.png").stat().st_size > 1000
 
 
 def one_line_error(result, *needles):
@@ -92,18 +98,51 @@ def test_bad_input_gives_one_line(args, needles):
     one_line_error(cli(*args, timeout=60), *needles)
 
 
+def _existing_record(path, **overrides):
+    """A finished record as `run` writes it with default settings."""
+    record = {"idx": 0, "commit": "x", "prompt_hash": prompt_hash(load_prompt("cot_8shot")),
+              "gen": as_dict(GenerationConfig()), "n_completion_tokens": [1], "latency_s": 1.0,
+              "truncated": [False], "correct": False, "pred": "1", "gold": "18", "completions": ["1"],
+              "preds": {"answer": ["1"], "strict": ["1"], "flexible": ["1"]}, **overrides}
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record) + "\n")
+    return path.read_bytes()
+
+
 def test_unreachable_swarm_is_one_line_and_keeps_results(tmp_path):
     out = tmp_path / "results"
     path = out / "cot" / f"{RUN}.jsonl"
-    path.parent.mkdir(parents=True)
-    path.write_text('{"idx": 0, "commit": "x", "prompt_hash": "x", "n_completion_tokens": [1], '
-                    '"latency_s": 1, "truncated": [false], "correct": false, "pred": "1", "gold": "18", '
-                    '"preds": {"strict": ["1"], "flexible": ["1"]}}\n')
-    before = path.read_bytes()
+    before = _existing_record(path)
     dead = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWFi4kvZGFvBDcsRF5bVbPPtNHnUugSEYV9qACBCuqksZA"
     result = cli("run", "--limit", "2", "--output-dir", str(out), "--initial-peers", dead, timeout=120)
     one_line_error(result, "cannot reach the swarm", dead)
     assert path.read_bytes() == before
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    out = tmp_path / "results"
+    path = out / "cot" / f"{RUN}.jsonl"
+    before = _existing_record(path, prompt_hash="0123456789ab")
+    one_line_error(cli("run", "--limit", "2", "--output-dir", str(out), timeout=60), str(path), "prompt_hash")
+    assert path.read_bytes() == before
+
+
+def test_self_consistency_run_holds_k_samples(swarm, tmp_path):
+    out = tmp_path / "results"
+    result = cli("run", "--method", "self_consistency", "--samples", "4", "--temperature", "0.7", "--limit", "1",
+                 "--max-new-tokens", "24", "--output-dir", str(out), "--initial-peers", *swarm.initial_peers)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [path] = (out / "self_consistency").glob("*__n4__t0.7__s0.jsonl")
+    [record] = read_records(path)
+    assert len(record["completions"]) == 4 and len(record["preds"]["answer"]) == 4
+    assert len(record["truncated"]) == 4 and len(record["n_completion_tokens"]) == 4
+    assert record["pred"] == majority_vote(record["preds"]["answer"])
+    summary = json.loads(path.with_name(path.stem + ".summary.json").read_text())
+    assert [m["k"] for m in summary["maj_curve"]] == [1, 2, 3, 4]
+
+
+def test_self_consistency_needs_samples():
+    one_line_error(cli("run", "--method", "self_consistency", timeout=60), "--samples")
 
 
 def test_malformed_results_line_is_named_and_kept(tmp_path):

@@ -3,7 +3,10 @@ from importlib import import_module
 
 from ..config import UserError
 
-METHODS = {"cot": "gsmswarm.methods.cot"}  # name -> module with `solve(problem, backend, settings) -> dict`
+# name -> module with `solve(problem, backend, template, gen) -> dict`. Self-consistency is chain-of-thought
+# with sampled completions and a vote: same module, its own name so its runs are labelled as such.
+METHODS = {"cot": "gsmswarm.methods.cot", "self_consistency": "gsmswarm.methods.cot"}
+SAMPLING_METHODS = {"self_consistency"}  # need --samples k >= 2 and --temperature > 0
 
 
 def get_method(name: str):

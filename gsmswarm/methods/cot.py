@@ -1,18 +1,25 @@
-"""Chain-of-thought: few-shot prompt -> completion(s) -> answer filters. Greedy unless n > 1."""
-from ..answers import FILTERS, INVALID, extract_answer
+"""Chain-of-thought: few-shot prompt -> completion(s) -> answer filters.
+
+Greedy with one completion; with `gen.n` > 1 sampled completions it is self-consistency (Wang et al.,
+2023): the record's `pred` is the majority vote over every completion's answer, and because every
+completion's preds are kept, maj@k for any k <= n is computed later from prefixes (metrics.maj_at_k).
+"""
+from ..answers import FILTERS, extract_answer
 from ..data import Problem
+from ..metrics import majority_vote
 from ..prompts import render
 
 
 def solve(problem: Problem, backend, template: str, gen) -> dict:
-    """The method-specific part of a record: completions, preds per filter, the chosen pred."""
+    """The method-specific part of a record: completions, preds per filter, the voted pred."""
     prompt = render(template, question=problem.question)
     completions = backend.generate(prompt, gen)
     texts = [c.text for c in completions]
-    pred = extract_answer(texts[0]) if texts else INVALID
+    preds = {"answer": [extract_answer(t) for t in texts], **{name: [f(t) for t in texts] for name, f in FILTERS.items()}}
+    pred = majority_vote(preds["answer"])
     return {
         "completions": texts,
-        "preds": {name: [f(t) for t in texts] for name, f in FILTERS.items()},
+        "preds": preds,
         "pred": pred,
         "correct": pred == problem.gold,
         "truncated": [c.truncated for c in completions],

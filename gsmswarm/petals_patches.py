@@ -1,0 +1,44 @@
+"""Narrow fixes to the Petals 2.2 client, applied when the petals backend loads. Each has a test that fails
+without it (tests/test_petals_patches.py).
+
+Finalizer deadlock. `_ServerInferenceSession.__del__` closes the session's stream by submitting a coroutine
+to hivemind's RemoteExpertWorker event-loop thread and blocking until it finishes. A session that was not
+closed cleanly is garbage, often in a reference cycle, and the cycle collector may run in any thread,
+including that event-loop thread: there the finalizer waits for itself forever. We saw exactly this after
+60 problems of a CoT run (py-spy: `__del__` inside `_step`'s `asyncio.wait_for`; the server timed out the
+stream five minutes later; the client never recovered). Fix: inside the loop thread, schedule the close as
+a task instead of waiting for it.
+"""
+import logging
+import threading
+
+log = logging.getLogger(__name__)
+_applied = False
+
+
+def apply() -> None:
+    global _applied
+    if _applied:
+        return
+    from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
+    from petals.client.inference_session import _ServerInferenceSession
+
+    original_del = _ServerInferenceSession.__del__
+
+    async def _close_later(session) -> None:
+        try:
+            await session._aclose_stream()
+        except Exception as e:  # the stream is being dropped anyway; there is nobody to report to
+            log.debug("closing a dropped inference stream failed: %r", e)
+        session._outputs_stream = session._inputs_queue = None
+        session.closed = True
+
+    def __del__(self) -> None:
+        if threading.current_thread() is RemoteExpertWorker._event_thread:
+            if getattr(self, "_outputs_stream", None) is not None:
+                RemoteExpertWorker._event_loop_fut.result().create_task(_close_later(self))
+            return
+        original_del(self)
+
+    _ServerInferenceSession.__del__ = __del__
+    _applied = True

@@ -1,0 +1,122 @@
+"""Summaries, tables and plots of runs: what `summarize`, the notebooks and the README show.
+
+A run's summary is recomputed from its records (never edited by hand) and saved beside them as
+`<run>.summary.json` with the resolved config, so every figure can say how it was made.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .answers import FILTERS
+from .errors import taxonomy
+from .metrics import accuracy, maj_curve, paired
+from .results import read_records, write_summary
+
+
+def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
+    """Aggregates of one run: accuracy per filter, maj@k (sampled runs), error taxonomy, tokens, time."""
+    n_samples = min((len(r["completions"]) for r in records), default=0)
+    summary = {
+        "run_id": path.stem, "config": config,
+        "commit": records[-1]["commit"] if records else None,
+        "prompt_hash": records[-1]["prompt_hash"] if records else None,
+        "n_samples": n_samples,
+        "metrics": {name: accuracy(records, name) for name in ("answer", *FILTERS)},
+        "maj_curve": maj_curve(records) if n_samples > 1 else None,
+        "taxonomy": taxonomy(records),
+        "n_completion_tokens": sum(sum(r["n_completion_tokens"]) for r in records),
+        "generation_s": round(sum(r["latency_s"] for r in records), 1),
+        "truncated_rate": (sum(sum(r["truncated"]) for r in records) / sum(len(r["truncated"]) for r in records)
+                           if records else 0.0),
+    }
+    write_summary(path.with_suffix("").with_suffix(".summary.json"), summary)
+    return summary
+
+
+def _table(rows: List[tuple]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _ci(m: Dict[str, float]) -> str:
+    return f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def format_table(summaries: List[dict]) -> str:
+    """One line per run: accuracy with its 95% interval, both filters, invalid and truncated rates, speed."""
+    rows = [("run", "n", "acc", "95% CI", "strict", "flexible", "invalid", "trunc", "s/problem")]
+    for s in summaries:
+        m = s["metrics"]["answer"]
+        rows.append((s["run_id"], str(m["n"]), f"{m['accuracy']:.3f}", _ci(m),
+                     f"{s['metrics']['strict']['accuracy']:.3f}", f"{s['metrics']['flexible']['accuracy']:.3f}",
+                     f"{m['invalid_rate']:.2f}", f"{s['truncated_rate']:.2f}",
+                     f"{s['generation_s'] / max(m['n'], 1):.1f}"))
+    return _table(rows)
+
+
+def run_records(summary: dict) -> List[dict]:
+    return read_records(Path(summary["path"]).with_name(summary["run_id"] + ".jsonl"))
+
+
+def default_baseline(summaries: List[dict]) -> Optional[dict]:
+    """The greedy chain-of-thought run with the most problems: what every other method is compared with."""
+    greedy = [s for s in summaries if s["config"]["method"] == "cot" and s["n_samples"] == 1]
+    return max(greedy, key=lambda s: s["metrics"]["answer"]["n"], default=None)
+
+
+def comparison_table(summaries: List[dict], baseline: dict) -> str:
+    """Each run against the baseline on their common problems: outcome counts and the exact McNemar p."""
+    base = run_records(baseline)
+    rows = [("run", "vs", "n", "both right", "only run", "only baseline", "both wrong", "McNemar p")]
+    for s in summaries:
+        if s["run_id"] == baseline["run_id"]:
+            continue
+        p = paired(run_records(s), base)
+        rows.append((s["run_id"], "baseline", str(p["n"]), str(p["both_right"]), str(p["only_a"]), str(p["only_b"]),
+                     str(p["both_wrong"]), f"{p['p_value']:.3f}"))
+    return _table(rows) + f"\nbaseline: {baseline['run_id']}"
+
+
+def maj_table(summaries: List[dict]) -> str:
+    """maj@k with intervals for every sampled run."""
+    rows = [("run", "k", "maj@k", "95% CI", "invalid")]
+    for s in summaries:
+        for m in s.get("maj_curve") or []:
+            rows.append((s["run_id"], str(m["k"]), f"{m['accuracy']:.3f}", _ci(m), f"{m['invalid_rate']:.2f}"))
+    return _table(rows)
+
+
+def plot_accuracy(summaries: List[dict], path: Path) -> None:
+    """Horizontal bars of accuracy with 95% intervals, one per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = [s["metrics"]["answer"] for s in summaries]
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(ms)))
+    ax.barh(range(len(ms)), [m["accuracy"] for m in ms],
+            xerr=[[m["accuracy"] - m["ci_low"] for m in ms], [m["ci_high"] - m["accuracy"] for m in ms]], capsize=3)
+    ax.set_yticks(range(len(ms)), [f"{s['run_id']} (n={m['n']})" for s, m in zip(summaries, ms)], fontsize=7)
+    ax.set_xlabel("accuracy (95% Wilson interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_maj_curves(summaries: List[dict], path: Path) -> None:
+    """maj@k against k for every sampled run, with 95% intervals."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for s in summaries:
+        curve = s.get("maj_curve") or []
+        if curve:
+            ks = [m["k"] for m in curve]
+            ax.errorbar(ks, [m["accuracy"] for m in curve], capsize=3, marker="o", label=s["run_id"],
+                        yerr=[[m["accuracy"] - m["ci_low"] for m in curve], [m["ci_high"] - m["accuracy"] for m in curve]])
+    ax.set(xlabel="k (sampled completions voted on)", ylabel="maj@k accuracy")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,60 @@
+import pytest
+
+from gsmswarm.answers import INVALID
+from gsmswarm.metrics import accuracy, maj_at_k, maj_curve, majority_vote, mcnemar_exact, paired, wilson_interval
+
+
+@pytest.mark.parametrize("preds, expected", [
+    (["3", "5", "5"], "5"),
+    (["3", "5", "5", "3"], "3"),  # tie: the pred seen first wins
+    (["5", "3", "3", "5"], "5"),
+    ([INVALID, INVALID, "7"], "7"),  # an invalid never wins while a valid pred exists
+    ([INVALID, INVALID, "7", "8"], "7"),
+    ([INVALID, INVALID], INVALID),
+    ([], INVALID),
+])
+def test_majority_vote(preds, expected):
+    assert majority_vote(preds) == expected
+
+
+def _rec(idx, gold, answers, correct=None):
+    return {"idx": idx, "gold": gold, "completions": [f"The answer is {a}." for a in answers],
+            "preds": {"answer": answers, "strict": answers, "flexible": answers},
+            "pred": majority_vote(answers), "correct": correct if correct is not None else majority_vote(answers) == gold}
+
+
+def test_maj_at_k_takes_prefixes():
+    records = [_rec(0, "1", ["2", "1", "1", "3"]),  # maj@1 wrong, maj@2 tie -> "2" wrong, maj@3 and @4 right
+               _rec(1, "5", ["5", INVALID, "6", "6"])]  # maj@1..3 right ("5" first in tie at k=3), maj@4 wrong
+    assert [m["correct"] for m in maj_curve(records)] == [1, 1, 2, 1]
+    assert maj_at_k(records, 3)["accuracy"] == 1.0
+    with pytest.raises(ValueError):
+        maj_at_k(records, 5)
+
+
+def test_wilson_matches_hand_computed_values():
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("only_a, only_b, p", [(1, 8, 0.0390625), (0, 6, 0.03125), (5, 5, 1.0), (0, 0, 1.0),
+                                               (2, 10, 0.0385742)])
+def test_mcnemar_exact(only_a, only_b, p):
+    assert mcnemar_exact(only_a, only_b) == pytest.approx(p, abs=1e-6)
+    assert mcnemar_exact(only_b, only_a) == pytest.approx(p, abs=1e-6)
+
+
+def test_paired_counts_on_common_problems():
+    a = [_rec(i, "1", ["1" if i < 6 else "0"]) for i in range(10)]
+    b = [_rec(i, "1", ["1" if i % 2 else "0"]) for i in range(12)]
+    out = paired(a, b)
+    assert (out["n"], out["both_right"], out["only_a"], out["only_b"], out["both_wrong"]) == (10, 3, 3, 2, 2)
+
+
+def test_accuracy_per_filter():
+    records = [_rec(0, "1", ["1"]), _rec(1, "2", [INVALID])]
+    m = accuracy(records)
+    assert (m["n"], m["correct"], m["invalid_rate"]) == (2, 1, 0.5)
