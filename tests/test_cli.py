@@ -153,3 +153,9 @@ def test_malformed_results_line_is_named_and_kept(tmp_path):
     before = path.read_bytes()
     one_line_error(cli("run", "--limit", "3", "--output-dir", str(out), timeout=60), f"{path}:2")
     assert path.read_bytes() == before
+
+
+def test_parity_subcommand_against_a_running_swarm(swarm):
+    result = cli("parity", "--limit", "1", "--max-new-tokens", "8", "--initial-peers", *swarm.initial_peers)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "parity: 1/1 prompts identical" in result.stdout
