@@ -2,6 +2,12 @@
 
 Importing the package is cheap: torch, transformers and petals load only when a backend is created.
 """
+import warnings
+
+# Noise from the pinned stack, not actionable here: transformers 4.34 on torch 2.13, tqdm without ipywidgets.
+warnings.filterwarnings("ignore", message=".*_register_pytree_node", category=FutureWarning)
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .answers import extract_answer, gold_answer, is_correct
 from .config import GenerationConfig, RunConfig
 from .data import load_split

@@ -17,7 +17,7 @@ def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
     n_samples = min((len(r["completions"]) for r in records), default=0)
     summary = {
         "run_id": path.stem, "config": config,
-        "commit": records[-1]["commit"] if records else None,
+        "commits": sorted({r["commit"] for r in records}),  # a resumed run may span commits
         "prompt_hash": records[-1]["prompt_hash"] if records else None,
         "n_samples": n_samples,
         "metrics": {name: accuracy(records, name) for name in ("answer", *FILTERS)},
@@ -92,7 +92,7 @@ def plot_accuracy(summaries: List[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ms = [s["metrics"]["answer"] for s in summaries]
-    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(ms)))
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(ms)))
     ax.barh(range(len(ms)), [m["accuracy"] for m in ms],
             xerr=[[m["accuracy"] - m["ci_low"] for m in ms], [m["ci_high"] - m["accuracy"] for m in ms]], capsize=3)
     ax.set_yticks(range(len(ms)), [f"{s['run_id']} (n={m['n']})" for s, m in zip(summaries, ms)], fontsize=7)

@@ -32,9 +32,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def read_records(path: Path) -> List[dict]:
+def read_records(path) -> List[dict]:
     """Every complete record of a results file; UserError naming file:line for a malformed line."""
-    records = []
+    path, records = Path(path), []
     if not path.exists():
         return records
     with open(path, "rb") as f:
