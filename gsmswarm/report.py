@@ -28,7 +28,7 @@ def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
         "truncated_rate": (sum(sum(r["truncated"]) for r in records) / sum(len(r["truncated"]) for r in records)
                            if records else 0.0),
     }
-    write_summary(path.with_suffix("").with_suffix(".summary.json"), summary)
+    write_summary(path.with_name(path.stem + ".summary.json"), summary)  # not with_suffix: "t0.7" has a dot
     return summary
 
 

@@ -219,16 +219,16 @@ def run_local(model: str, num_servers: int, workdir: Path) -> None:
     from .convert import resolve_model
 
     _interrupt_on_sigterm()
-    with LoopbackSwarm(resolve_model(model), workdir, num_servers) as swarm:
-        print(f"swarm ready: {len(swarm.block_ranges)} servers {swarm.block_ranges}, logs in {workdir}\n"
-              f"export INITIAL_PEERS=\"{' '.join(swarm.initial_peers)}\"  # also in {swarm.peers_file}\n"
-              f"Ctrl-C stops the swarm.", flush=True)
-        try:
+    try:  # around everything: Ctrl-C may come at any moment, even right after the address is printed
+        with LoopbackSwarm(resolve_model(model), workdir, num_servers) as swarm:
+            print(f"swarm ready: {len(swarm.block_ranges)} servers {swarm.block_ranges}, logs in {workdir}\n"
+                  f"export INITIAL_PEERS=\"{' '.join(swarm.initial_peers)}\"  # also in {swarm.peers_file}\n"
+                  f"Ctrl-C stops the swarm.", flush=True)
             while all(p.poll() is None for p in swarm.procs):
                 time.sleep(1)
             swarm._check_alive()
-        except KeyboardInterrupt:
-            print("stopping the swarm", flush=True)
+    except KeyboardInterrupt:
+        print("swarm stopped", flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

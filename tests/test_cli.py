@@ -35,7 +35,7 @@ def test_run_writes_records_and_summary_then_resumes(swarm, tmp_path):
     assert [r["idx"] for r in records] == [0, 1]
     r = records[0]
     assert r["gold"] == "18" and r["backend"] == "petals" and r["model"] == "smollm2-135m"
-    assert set(r["preds"]) == {"strict", "flexible"} and len(r["completions"]) == 1
+    assert set(r["preds"]) == {"answer", "strict", "flexible"} and len(r["completions"]) == 1
     assert r["n_prompt_tokens"] > 500 and 0 < r["n_completion_tokens"][0] <= 32 and r["latency_s"] > 0
     summary = json.loads((out / "cot" / f"{RUN}.summary.json").read_text())
     assert summary["metrics"]["answer"]["n"] == 2 and summary["config"]["gen"]["max_new_tokens"] == 32

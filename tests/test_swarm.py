@@ -36,7 +36,7 @@ def test_swarm_listens_on_loopback_only(swarm, petals_backend):
 
 def test_p2pd_starts_without_nat_port_mapping_or_autonat(swarm):
     daemons = [psutil.Process(pid).cmdline() for pid in swarm.pids() if psutil.Process(pid).name() == "p2pd"]
-    assert len(daemons) == 3  # the DHT and two servers
+    assert len(daemons) >= 3  # the DHT and two servers, and any daemon a server starts for its handlers
     for cmd in daemons:
         flags = dict(arg.lstrip("-").split("=", 1) for arg in cmd[1:] if "=" in arg)
         assert flags.get("natPortMap") in ("false", "0") and flags.get("autonat") in ("false", "0"), cmd
