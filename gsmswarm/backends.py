@@ -45,25 +45,68 @@ class Backend:
         return len(self.tokenizer(text).input_ids)
 
     def generate(self, prompt: str, gen: GenerationConfig) -> List[Completion]:
-        """`gen.n` completions of one prompt, generated as one batch that shares the prompt (no padding)."""
+        """`gen.n` completions of one prompt: greedy or sampled, stopped at the first stop string."""
+        import torch
+
+        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if gen.n > 1 and self.name == "local":
+                rows = self._sample_shared_prompt(ids, gen)
+            else:
+                rows = self._generate_batch(ids, gen)
+        latency = (time.perf_counter() - start) / gen.n
+        return [self._finish(row, gen, latency) for row in rows]
+
+    def _generate_batch(self, ids, gen: GenerationConfig) -> List[List[int]]:
+        """transformers' generate on `gen.n` copies of the prompt (the Petals client takes no padding, and
+        same-prompt rows need none); the batch runs until every row has stopped."""
         import torch
         from transformers import StoppingCriteriaList
 
-        ids = self.tokenizer(prompt, return_tensors="pt").input_ids.repeat(gen.n, 1)
+        ids = ids.repeat(gen.n, 1)
         sampling = gen.temperature > 0
         if sampling:
             torch.manual_seed(gen.seed)
-        start = time.perf_counter()
         # Sampling settings go in only when sampling: transformers warns about them under greedy decoding.
         sample_kw = dict(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k) if sampling else {}
-        with torch.inference_mode():
-            out = self.model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen.max_new_tokens, do_sample=sampling,
-                pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
-                stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]),
-            )
-        latency = time.perf_counter() - start
-        return [self._finish(row[ids.shape[1]:].tolist(), gen, latency / gen.n) for row in out]
+        out = self.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen.max_new_tokens, do_sample=sampling,
+            pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
+            stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]),
+        )
+        return [row[ids.shape[1]:].tolist() for row in out]
+
+    def _sample_shared_prompt(self, ids, gen: GenerationConfig) -> List[List[int]]:
+        """Sample `gen.n` completions locally, encoding the prompt once and copying its attention cache to
+        every row; a row leaves the batch as soon as it stops, so one long sample does not make the others
+        pay for its length. Same distribution as transformers' sampling (temperature, then top-k, top-p)."""
+        import torch
+
+        generator = torch.Generator().manual_seed(gen.seed)
+        past = self.model(ids[:, :-1], use_cache=True).past_key_values
+        past = tuple((k.expand(gen.n, -1, -1, -1).contiguous(), v.expand(gen.n, -1, -1, -1).contiguous())
+                     for k, v in past)
+        last, position = ids[:, -1:].repeat(gen.n, 1), ids.shape[1] - 1
+        rows, active = [[] for _ in range(gen.n)], list(range(gen.n))
+        eos = self.tokenizer.eos_token_id
+        for _ in range(gen.max_new_tokens):
+            out = self.model(last, past_key_values=past, use_cache=True,
+                             position_ids=torch.full((len(active), 1), position))
+            tokens = _sample(out.logits[:, -1, :], gen, generator)
+            keep = []
+            for j, (row, token) in enumerate(zip(active, tokens.tolist())):
+                rows[row].append(token)
+                tail = self.tokenizer.decode(rows[row][-8:])  # stop strings are a few tokens long at most
+                if token != eos and not any(s in tail for s in gen.stop):
+                    keep.append(j)
+            if not keep:
+                break
+            past = out.past_key_values
+            if len(keep) < len(active):
+                past = tuple((k[keep], v[keep]) for k, v in past)
+            last, active, position = tokens[keep].unsqueeze(1), [active[j] for j in keep], position + 1
+        return rows
 
     def _finish(self, new_ids: List[int], gen: GenerationConfig, latency: float) -> Completion:
         eos = self.tokenizer.eos_token_id
@@ -74,6 +117,10 @@ class Backend:
         stopped = cut is not None or eos in new_ids
         if cut is not None:
             text = text[:cut]
+            # a batch row that stopped early went on until the others stopped: drop that tail
+            end = next(i for i in range(1, len(new_ids) + 1)
+                       if any(s in self.tokenizer.decode(new_ids[:i], skip_special_tokens=True) for s in gen.stop))
+            new_ids = new_ids[:end]
         return Completion(text, new_ids, truncated=not stopped and len(new_ids) >= gen.max_new_tokens,
                           latency_s=latency)
 
@@ -82,6 +129,23 @@ class Backend:
         if self._dht is not None:
             self._dht.shutdown()
             self._dht = None
+
+
+def _sample(logits, gen: GenerationConfig, generator):
+    """One token per row: temperature, then top-k, then top-p (nucleus), as transformers' warpers do."""
+    import torch
+
+    logits = logits / gen.temperature
+    if gen.top_k > 0:
+        kth = torch.topk(logits, min(gen.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if gen.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs >= gen.top_p  # keep the smallest prefix whose mass reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
 def load_backend(name: str, model_path: str, initial_peers: Sequence[str] = (),
