@@ -1,8 +1,9 @@
 """A private Petals swarm on 127.0.0.1: a DHT bootstrap peer plus servers that split the model's blocks.
 
-Petals' and hivemind's defaults are unsafe on a shared machine: servers listen on 0.0.0.0 and ::, an empty
-`initial_peers` joins the public swarm, `--throughput auto` runs an internet speed test, the server checks
-PyPI for a newer version, and p2pd starts with NAT port mapping (UPnP/NAT-PMP to the LAN) and AutoNAT.
+Petals' and hivemind's defaults are unsafe on a shared machine: servers listen on every IPv4 and IPv6
+interface, an empty `initial_peers` joins the public swarm, `--throughput auto` runs an internet speed test,
+the server checks PyPI for a newer version, and p2pd starts with NAT port mapping (UPnP/NAT-PMP to the LAN)
+and AutoNAT.
 Everything started here overrides each of those; `LOOPBACK_P2P` is the one place that says how.
 
     python -m gsmswarm.swarm dht --peers-file PATH            # bootstrap peer; writes its address to PATH
