@@ -148,11 +148,13 @@ def summarize(output_dir: str) -> None:
     baseline = default_baseline(runs)
     if baseline and len(runs) > 1:
         print("\n" + comparison_table(runs, baseline))
+    plots = [Path(output_dir) / "accuracy.png"]
+    plot_accuracy(runs, plots[0])
     if any(r["maj_curve"] for r in runs):
         print("\n" + maj_table(runs))
-        plot_maj_curves(runs, Path(output_dir) / "maj_at_k.png")
-    plot_accuracy(runs, Path(output_dir) / "accuracy.png")
-    print(f"\nplots: {output_dir}/accuracy.png" + (f", {output_dir}/maj_at_k.png" if any(r["maj_curve"] for r in runs) else ""))
+        plots.append(Path(output_dir) / "maj_at_k.png")
+        plot_maj_curves(runs, plots[1])
+    print("\nplots: " + ", ".join(map(str, plots)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -192,7 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(format_table([summary]))
         m = summary["metrics"]["answer"]
         print(f"{config.method} {config.split} n={m['n']} acc={m['accuracy']:.3f} invalid={m['invalid_rate']:.2f} "
-              f"wall={time.perf_counter() - start:.0f}s -> {config.output_dir}/{config.method}/{summary['run_id']}.jsonl")
+              f"wall={time.perf_counter() - start:.0f}s -> "
+              f"{config.output_dir}/{config.method}/{summary['run_id']}.jsonl")
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -113,8 +113,8 @@ def plot_maj_curves(summaries: List[dict], path: Path) -> None:
         curve = s.get("maj_curve") or []
         if curve:
             ks = [m["k"] for m in curve]
-            ax.errorbar(ks, [m["accuracy"] for m in curve], capsize=3, marker="o", label=s["run_id"],
-                        yerr=[[m["accuracy"] - m["ci_low"] for m in curve], [m["ci_high"] - m["accuracy"] for m in curve]])
+            errors = [[m["accuracy"] - m["ci_low"] for m in curve], [m["ci_high"] - m["accuracy"] for m in curve]]
+            ax.errorbar(ks, [m["accuracy"] for m in curve], yerr=errors, capsize=3, marker="o", label=s["run_id"])
     ax.set(xlabel="k (sampled completions voted on)", ylabel="maj@k accuracy")
     ax.legend(fontsize=6)
     fig.tight_layout()

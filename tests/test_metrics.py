@@ -17,10 +17,10 @@ def test_majority_vote(preds, expected):
     assert majority_vote(preds) == expected
 
 
-def _rec(idx, gold, answers, correct=None):
+def _rec(idx, gold, answers):
     return {"idx": idx, "gold": gold, "completions": [f"The answer is {a}." for a in answers],
             "preds": {"answer": answers, "strict": answers, "flexible": answers},
-            "pred": majority_vote(answers), "correct": correct if correct is not None else majority_vote(answers) == gold}
+            "pred": majority_vote(answers), "correct": majority_vote(answers) == gold}
 
 
 def test_maj_at_k_takes_prefixes():

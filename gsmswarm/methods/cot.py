@@ -15,7 +15,8 @@ def solve(problem: Problem, backend, template: str, gen) -> dict:
     prompt = render(template, question=problem.question)
     completions = backend.generate(prompt, gen)
     texts = [c.text for c in completions]
-    preds = {"answer": [extract_answer(t) for t in texts], **{name: [f(t) for t in texts] for name, f in FILTERS.items()}}
+    preds = {"answer": [extract_answer(t) for t in texts]}
+    preds.update({name: [f(t) for t in texts] for name, f in FILTERS.items()})
     pred = majority_vote(preds["answer"])
     return {
         "completions": texts,
