@@ -4,7 +4,6 @@ Both backends run the same `transformers.generate` loop on the client; they diff
 transformer blocks run. That is what makes token-for-token parity between them a meaningful check.
 """
 import contextlib
-import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from typing import List, Optional, Sequence
 
 from .config import CACHE_DIR, GenerationConfig, UserError
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

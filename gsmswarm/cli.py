@@ -18,9 +18,6 @@ from typing import Optional, Sequence
 
 from .config import CACHE_DIR, GenerationConfig, RunConfig, UserError, as_dict
 
-log = logging.getLogger("gsmswarm")
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one line rather than the whole usage block."""
 
@@ -28,10 +25,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: Sequence[str] = ()) -> None:
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         flag = "--" + f.name.replace("_", "-")
         kind = typing.get_args(f.type)[0] if typing.get_origin(f.type) in (typing.Union, tuple) else f.type
         text = f.metadata["help"]
