@@ -1,7 +1,9 @@
 """Backends: one small interface over a Hugging Face causal LM, loaded locally or through a Petals swarm.
 
-Both backends run the same `transformers.generate` loop on the client; they differ only in where the
-transformer blocks run. That is what makes token-for-token parity between them a meaningful check.
+Greedy decoding runs the same `transformers.generate` loop on the client for both; they differ only in where
+the transformer blocks run, which is what makes token-for-token parity between them a meaningful check.
+Sampling several completions locally uses a loop of its own that shares the prompt's cache (see
+`Backend._sample_shared_prompt`).
 """
 import contextlib
 import sys
@@ -11,7 +13,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .config import CACHE_DIR, GenerationConfig, UserError
-
 
 
 @dataclass
