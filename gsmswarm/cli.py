@@ -131,13 +131,13 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
 def summarize(output_dir: str) -> None:
     """Recompute every run's summary from its records; print the tables; write plots beside the runs."""
     from .report import (comparison_table, default_baseline, format_table, maj_table, plot_accuracy,
-                         plot_maj_curves, run_records, summarize_run)
+                         plot_maj_curves, run_path, run_records, summarize_run)
     from .results import load_runs
 
     runs = load_runs(output_dir)
     if not runs:
         raise UserError(f"--output-dir {output_dir}: no *.summary.json found")
-    runs = [{**summarize_run(Path(r["path"]).with_name(r["run_id"] + ".jsonl"), run_records(r), r["config"]),
+    runs = [{**summarize_run(run_path(r), run_records(r), r["config"]),
              "path": r["path"]} for r in runs]
     print(format_table(runs))
     baseline = default_baseline(runs)

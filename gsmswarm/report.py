@@ -53,8 +53,13 @@ def format_table(summaries: List[dict]) -> str:
     return _table(rows)
 
 
+def run_path(summary: dict) -> Path:
+    """The records file beside a loaded summary."""
+    return Path(summary["path"]).with_name(summary["run_id"] + ".jsonl")
+
+
 def run_records(summary: dict) -> List[dict]:
-    return read_records(Path(summary["path"]).with_name(summary["run_id"] + ".jsonl"))
+    return read_records(run_path(summary))
 
 
 def default_baseline(summaries: List[dict]) -> Optional[dict]:
