@@ -39,6 +39,25 @@ class Backend:
 
     def __init__(self, name: str, model_name: str, model, tokenizer, dht=None):
         self.name, self.model_name, self.model, self.tokenizer, self._dht = name, model_name, model, tokenizer, dht
+        self.soft_prompt = None
+
+    def set_soft_prompt(self, prompt) -> None:
+        """Prepend a trained soft prompt (`tuning.SoftPrompt`) to every prompt from now on.
+
+        petals: the client's own P-tuning embeddings (Petals' PTuneMixin, created here rather than at load
+        time so that one load path serves plain and tuned runs); its generate reserves the prefix in the
+        servers' caches. local: the prompt goes in front of the input embeddings, and a deep prompt is added
+        to the prefix before every decoder layer, exactly where Petals' servers add it."""
+        import torch
+
+        if self.name == "petals":
+            t = self.model.transformer
+            t.config.tuning_mode, t.config.pre_seq_len = prompt.mode, prompt.length
+            t.init_prompts(t.config)
+            with torch.no_grad():
+                for key, value in prompt.petals_weights().items():
+                    t.get_submodule(key.rpartition(".")[0]).weight.copy_(value)
+        self.soft_prompt = prompt
 
     def n_tokens(self, text: str) -> int:
         return len(self.tokenizer(text).input_ids)
@@ -49,7 +68,7 @@ class Backend:
 
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._deep_prompt_hooks():
             if gen.n > 1 and self.name == "local":
                 rows = self._sample_shared_prompt(ids, gen)
             else:
@@ -69,12 +88,51 @@ class Backend:
             torch.manual_seed(gen.seed)
         # Sampling settings go in only when sampling: transformers warns about them under greedy decoding.
         sample_kw = dict(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k) if sampling else {}
+        mask, embeds = torch.ones_like(ids), {}
+        if self.name == "local" and self.soft_prompt is not None:
+            # the first step encodes the embeddings (prompt included); the ids only carry the text along
+            embeds = dict(inputs_embeds=self._embed_with_prompt(ids))
+            mask = torch.ones(embeds["inputs_embeds"].shape[:2], dtype=torch.long)
         out = self.model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen.max_new_tokens, do_sample=sampling,
+            input_ids=ids, **embeds, attention_mask=mask, max_new_tokens=gen.max_new_tokens, do_sample=sampling,
             pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
             stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]),
         )
         return [row[ids.shape[1]:].tolist() for row in out]
+
+    def _embed_with_prompt(self, ids):
+        """Input embeddings of `ids` behind the soft prompt (local backend)."""
+        import torch
+
+        embeds = self.model.get_input_embeddings()(ids)
+        prefix = self.soft_prompt.prompts.to(embeds.dtype).expand(ids.shape[0], -1, -1)
+        return torch.cat([prefix, embeds], dim=1)
+
+    @contextlib.contextmanager
+    def _deep_prompt_hooks(self):
+        """Local deep prompts: before decoder layer i, add prompt i to the prefix positions, on the pass that
+        encodes the prompt (no cache yet) only; later steps attend to the cached, already-shifted prefix."""
+        prompt = self.soft_prompt
+        if self.name != "local" or prompt is None or prompt.intermediate is None:
+            yield
+            return
+
+        def hook_for(i):
+            def hook(module, args, kwargs):
+                if kwargs.get("past_key_value") is not None:
+                    return None
+                hidden = args[0].clone()
+                hidden[:, :prompt.length] += prompt.intermediate[i].to(hidden.dtype)
+                return (hidden, *args[1:]), kwargs
+            return hook
+
+        layers = self.model.get_decoder().layers
+        handles = [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def _sample_shared_prompt(self, ids, gen: GenerationConfig) -> List[List[int]]:
         """Sample `gen.n` completions locally, encoding the prompt once and copying its attention cache to
@@ -83,10 +141,14 @@ class Backend:
         import torch
 
         generator = torch.Generator().manual_seed(gen.seed)
-        past = self.model(ids[:, :-1], use_cache=True).past_key_values
+        if self.soft_prompt is not None:
+            past = self.model(inputs_embeds=self._embed_with_prompt(ids[:, :-1]), use_cache=True).past_key_values
+        else:
+            past = self.model(ids[:, :-1], use_cache=True).past_key_values
         past = tuple((k.expand(gen.n, -1, -1, -1).contiguous(), v.expand(gen.n, -1, -1, -1).contiguous())
                      for k, v in past)
-        last, position = ids[:, -1:].repeat(gen.n, 1), ids.shape[1] - 1
+        prefix = self.soft_prompt.length if self.soft_prompt is not None else 0
+        last, position = ids[:, -1:].repeat(gen.n, 1), prefix + ids.shape[1] - 1
         rows, active = [[] for _ in range(gen.n)], list(range(gen.n))
         eos = self.tokenizer.eos_token_id
         for _ in range(gen.max_new_tokens):

@@ -1,4 +1,4 @@
-"""Command line: `python -m gsmswarm {run,parity,summarize,convert} --help`.
+"""Command line: `python -m gsmswarm {run,parity,train-prompt,summarize,convert} --help`.
 
 Generation happens here; notebooks read what it writes. Flags map 1:1 onto the fields of `RunConfig` and
 `GenerationConfig` (`--max-new-tokens` is `max_new_tokens`); an unknown flag is an error.
@@ -16,7 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import CACHE_DIR, GenerationConfig, RunConfig, UserError, as_dict
+from .config import CACHE_DIR, GenerationConfig, RunConfig, TuningConfig, UserError, as_dict
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one line rather than the whole usage block."""
@@ -67,12 +68,19 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     problems = load_split(config.split, config.limit)
+    soft_prompt = None
+    if config.soft_prompt:
+        from .tuning import load_soft_prompt
+
+        soft_prompt = load_soft_prompt(config.soft_prompt)
     name = run_name(config.method, config.backend, config.model, config.prompt, config.split, gen.n,
-                    gen.temperature, gen.seed)
+                    gen.temperature, gen.seed, config.soft_prompt)
     path = Path(config.output_dir) / config.method / f"{name}.jsonl"
     base = {"run_id": name, "method": config.method, "backend": config.backend, "model": config.model,
             "prompt": config.prompt, "prompt_hash": prompt_hash(template), "gen": as_dict(gen),
-            "split": config.split, "commit": git_commit()}
+            "split": config.split, "commit": git_commit(),
+            "soft_prompt": soft_prompt and {"path": config.soft_prompt, "mode": soft_prompt.mode,
+                                            "length": soft_prompt.length, "sha256": soft_prompt.sha256()}}
     summary = None
     with ResultsWriter(path) as writer:
         todo = [p for p in problems if p.idx not in writer.done]
@@ -84,6 +92,8 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
             if todo:
                 with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix,
                                   config.num_servers, CACHE_DIR / "swarm" / name) as backend:
+                    if soft_prompt is not None:
+                        backend.set_soft_prompt(soft_prompt)
                     for problem in tqdm(todo, desc=name, unit="problem", dynamic_ncols=True):
                         solved = method.solve(problem, backend, template, gen)
                         writer.write({**base, "idx": problem.idx, "question": problem.question,
@@ -97,7 +107,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
 
 def _check_same_config(path: Path, old: dict, base: dict) -> None:
     """Resuming appends to a run only if the prompt and generation settings are the ones it was made with."""
-    for key in ("prompt_hash", "gen"):
+    for key in ("prompt_hash", "gen", "soft_prompt"):
         if old.get(key) != json.loads(json.dumps(base[key])):
             raise UserError(f"{path} was made with another {key} ({old.get(key)}); "
                             f"use another --output-dir or move that file")
@@ -163,6 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _add_dataclass_flags(p, GenerationConfig)
     p_sum = sub.add_parser("summarize", help="print a table of every run's summary in a results folder")
     p_sum.add_argument("--output-dir", default="method_results", help="folder written by `run`")
+    p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
+    _add_dataclass_flags(p_tune, TuningConfig)
     sub.add_parser("convert", help="convert the embedded GGUF model once and print its folder")
     args = parser.parse_args(argv)
 
@@ -178,6 +190,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command == "summarize":
             summarize(args.output_dir)
+            return 0
+        if args.command == "train-prompt":
+            from .tuning import train
+
+            print(f"soft prompt: {train(_build(TuningConfig, args))}")
             return 0
         config, gen = _build(RunConfig, args), _build(GenerationConfig, args)
         if args.command == "parity":
@@ -196,5 +213,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished problems are saved; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -44,17 +44,12 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    method: str = _help("cot (chain-of-thought) or self_consistency (cot + --samples k + a vote)", default="cot")
+class BackendConfig:
+    """Where the model runs: shared by every command that loads one."""
     backend: str = _help("'petals' (through a swarm) or 'local' (transformers on this machine)",
                          default="petals")
     model: str = _help("'smollm2-135m' (embedded), a local Hugging Face folder, or a hub id",
                        default="smollm2-135m")
-    prompt: str = _help("prompt file in prompts/ without .txt", default="cot_8shot")
-    split: str = _help("'test', 'train' or 'dev' (500 problems carved from train with a fixed seed)",
-                       default="test")
-    limit: Optional[int] = _help("first N problems of the split (default: all)", default=None)
-    output_dir: str = _help("results go to OUTPUT_DIR/<method>/<run>.jsonl", default="method_results")
     initial_peers: Tuple[str, ...] = _help(
         "swarm multiaddrs (default: $INITIAL_PEERS, else start a loopback swarm for this run)",
         default=tuple(os.environ.get("INITIAL_PEERS", "").split()))
@@ -63,15 +58,64 @@ class RunConfig:
     num_servers: int = _help("servers in a loopback swarm started for this run", default=2)
 
     def __post_init__(self):
-        if self.split not in ("test", "train", "dev"):
-            raise UserError(f"--split must be test, train or dev, got {self.split!r}")
         if self.backend not in ("petals", "local"):
             raise UserError(f"--backend must be petals or local, got {self.backend!r}")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be >= 1, got {self.limit}")
         if any(not p.startswith("/") for p in self.initial_peers):
             raise UserError(f"--initial-peers takes multiaddrs such as /ip4/127.0.0.1/tcp/PORT/p2p/ID, "
                             f"got {' '.join(self.initial_peers)!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig(BackendConfig):
+    method: str = _help("cot (chain-of-thought) or self_consistency (cot + --samples k + a vote)", default="cot")
+    prompt: str = _help("prompt file in prompts/ without .txt", default="cot_8shot")
+    soft_prompt: Optional[str] = _help("folder of a trained soft prompt (prompt_tuning/<run>) to prepend",
+                                       default=None)
+    split: str = _help("'test', 'train' or 'dev' (500 problems carved from train with a fixed seed)",
+                       default="test")
+    limit: Optional[int] = _help("first N problems of the split (default: all)", default=None)
+    output_dir: str = _help("results go to OUTPUT_DIR/<method>/<run>.jsonl", default="method_results")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.split not in ("test", "train", "dev"):
+            raise UserError(f"--split must be test, train or dev, got {self.split!r}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class TuningConfig(BackendConfig):
+    """Soft-prompt training: `python -m gsmswarm train-prompt`."""
+    tuning_mode: str = _help("'ptune' (prompt at the input) or 'deep_ptune' (a prompt added before every "
+                             "block; petals backend only)", default="ptune")
+    num_virtual_tokens: int = _help("length of the soft prompt (Petals' pre_seq_len)", default=16)
+    init_text: str = _help("text whose token embeddings initialise the soft prompt (repeated to length)",
+                           default="Solve the math word problem step by step and end with: The answer is")
+    prompt: str = _help("prompt file the training questions are rendered with", default="qa_zeroshot")
+    steps: int = _help("optimizer steps", default=120)
+    batch_size: int = _help("problems per step", default=4)
+    lr: float = _help("AdamW learning rate", default=1e-2)
+    max_length: int = _help("longest training sequence in tokens (longer solutions are cut)", default=320)
+    eval_every: int = _help("steps between dev-loss evaluations and checkpoints", default=20)
+    dev_limit: int = _help("dev problems used for the dev loss (early stopping keeps the best)", default=32)
+    seed: int = _help("seed for initialisation order and batches", default=0)
+    output_dir: str = _help("soft prompts go to OUTPUT_DIR/<name>/", default="prompt_tuning")
+    name: Optional[str] = _help("run folder name (default: <tuning_mode>__<backend>__<model>__v<N>__s<seed>)",
+                                default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tuning_mode not in ("ptune", "deep_ptune"):
+            raise UserError(f"--tuning-mode must be ptune or deep_ptune, got {self.tuning_mode!r}")
+        if self.tuning_mode == "deep_ptune" and self.backend == "local":
+            raise UserError("--tuning-mode deep_ptune trains through Petals only (--backend petals); "
+                            "PEFT's local prompt tuning is the ptune kind")
+        for flag in ("num_virtual_tokens", "steps", "batch_size", "max_length", "eval_every", "dev_limit"):
+            if getattr(self, flag) < 1:
+                raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
+        if self.lr <= 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
 
 
 def as_dict(config) -> dict:

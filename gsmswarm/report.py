@@ -63,8 +63,9 @@ def run_records(summary: dict) -> List[dict]:
 
 
 def default_baseline(summaries: List[dict]) -> Optional[dict]:
-    """The greedy chain-of-thought run with the most problems: what every other method is compared with."""
-    greedy = [s for s in summaries if s["config"]["method"] == "cot" and s["n_samples"] == 1]
+    """The plain greedy chain-of-thought run with the most problems: what every other method is compared with."""
+    greedy = [s for s in summaries
+              if s["config"]["method"] == "cot" and s["n_samples"] == 1 and not s["config"].get("soft_prompt")]
     return max(greedy, key=lambda s: s["metrics"]["answer"]["n"], default=None)
 
 

@@ -8,16 +8,19 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .config import REPO_DIR, UserError
 
 
 
 def run_name(method: str, backend: str, model: str, prompt: str, split: str, n: int, temperature: float,
-             seed: int) -> str:
-    """`<method>__<backend>__<model>__<prompt>__<split>__n<n>__t<temp>__s<seed>`: the file name says the config."""
+             seed: int, soft_prompt: Optional[str] = None) -> str:
+    """`<method>__<backend>__<model>__<prompt>[+<soft prompt>]__<split>__n<n>__t<temp>__s<seed>`: the file name
+    says the config."""
     model_short = Path(model.rstrip("/")).name.lower()
+    if soft_prompt:
+        prompt += "+" + Path(soft_prompt.rstrip("/")).name
     return f"{method}__{backend}__{model_short}__{prompt}__{split}__n{n}__t{temperature:g}__s{seed}"
 
 

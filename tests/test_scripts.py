@@ -42,3 +42,14 @@ def test_server_run_local_serves_and_stops_on_sigint(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+
+
+def test_prompt_tuning_scripts_wrap_the_cli():
+    train = sh("prompt_tuning/train.sh", "--dry-run", "--steps", "5")
+    assert train.returncode == 0 and "-m gsmswarm train-prompt --steps 5" in train.stderr
+    gen = sh("prompt_tuning/generate.sh", "--dry-run", "prompt_tuning/x", "--limit", "2")
+    assert gen.returncode == 0
+    assert f"-m gsmswarm run --backend petals --model smollm2-135m --method cot --soft-prompt {REPO}/prompt_tuning/x --limit 2" in gen.stderr
+    prep = sh("prompt_tuning/model_tuning_preprocessing.sh", "--dry-run")
+    assert prep.returncode == 0 and "+ bash install.sh" in prep.stderr
+    assert sh("prompt_tuning/model_tuning_preprocessing.sh", "--bogus").returncode == 2

@@ -1,0 +1,376 @@
+"""Soft prompts: prompt tuning (P-tuning) on GSM8K train, through the Petals client or locally with PEFT.
+
+Through the swarm, the client holds the embeddings and the trainable prompt; the servers' blocks stay frozen
+and only send gradients back. `ptune` prepends the prompt to the input embeddings; `deep_ptune` also adds a
+prompt to the prefix positions before every block (Petals' own scheme, initialised at zero so that both kinds
+start from the same function). Locally, PEFT's prompt tuning is the reference for `ptune`.
+
+The loss is next-token cross-entropy on the worked solution only (never on the question), averaged over
+solution tokens. A batch is right-padded: in a causal model padding after a sequence cannot change its
+outputs, which is what the Petals client's all-ones attention mask needs.
+
+A run folder `prompt_tuning/<name>/` holds `soft_prompt.safetensors` (the prompt with the best dev loss;
+backend-neutral tensors, loaded into either backend by `load_soft_prompt`), `config.json` (what made it),
+`train_log.jsonl` (one line per step, plus dev evaluations) and `checkpoint.pt` (last state, for resuming).
+"""
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from .config import TuningConfig, UserError, as_dict
+from .data import Problem, dev_indices, load_split
+from .prompts import load_prompt, prompt_hash, render
+
+SOFT_PROMPT_FILE, CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE = (
+    "soft_prompt.safetensors", "config.json", "train_log.jsonl", "checkpoint.pt")
+
+
+@dataclass
+class SoftPrompt:
+    mode: str  # 'ptune' or 'deep_ptune'
+    prompts: "torch.Tensor"  # [N, hidden]: prepended to the input embeddings
+    intermediate: Optional["torch.Tensor"] = None  # deep_ptune: [layers, N, hidden], added before each block
+    name: str = ""  # run folder it came from; results record it
+
+    @property
+    def length(self) -> int:
+        return self.prompts.shape[0]
+
+    def sha256(self) -> str:
+        """Content hash of the tensors: a record names exactly the prompt it was made with."""
+        import hashlib
+
+        h = hashlib.sha256(self.mode.encode())
+        for t in (self.prompts, self.intermediate):
+            if t is not None:
+                h.update(t.detach().float().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def petals_weights(self) -> dict:
+        """The tensors in the layout of Petals' PTuneMixin embeddings (intermediate: [N, layers * hidden])."""
+        weights = {"prompt_embeddings.weight": self.prompts}
+        if self.intermediate is not None:
+            weights["intermediate_prompt_embeddings.weight"] = self.intermediate.permute(1, 0, 2).reshape(
+                self.length, -1)
+        return weights
+
+
+def init_soft_prompt(tokenizer, embeddings, mode: str, length: int, text: str, num_layers: int) -> SoftPrompt:
+    """The embeddings of `text`'s tokens, repeated or cut to `length` (PEFT's TEXT init); deep prompts at 0."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise UserError("--init-text is empty")
+    ids = (ids * math.ceil(length / len(ids)))[:length]
+    prompts = embeddings.weight[ids].detach().clone().float()
+    intermediate = torch.zeros(num_layers, length, prompts.shape[1]) if mode == "deep_ptune" else None
+    return SoftPrompt(mode, prompts, intermediate)
+
+
+def save_soft_prompt(prompt: SoftPrompt, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"prompts": prompt.prompts.detach().contiguous()}
+    if prompt.intermediate is not None:
+        tensors["intermediate"] = prompt.intermediate.detach().contiguous()
+    tmp = folder / (SOFT_PROMPT_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"mode": prompt.mode})
+    tmp.replace(folder / SOFT_PROMPT_FILE)
+
+
+def load_soft_prompt(folder) -> SoftPrompt:
+    """The soft prompt saved in a run folder; UserError naming the file if it is missing or unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / SOFT_PROMPT_FILE
+    if not path.is_file():
+        raise UserError(f"--soft-prompt {folder}: no {SOFT_PROMPT_FILE} in it (train one with train-prompt)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            mode = (f.metadata() or {}).get("mode")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable soft prompt ({e})") from None
+    if mode not in ("ptune", "deep_ptune") or "prompts" not in tensors:
+        raise UserError(f"{path}: not a soft prompt saved by gsmswarm (mode {mode!r})")
+    return SoftPrompt(mode, tensors["prompts"], tensors.get("intermediate"), Path(folder).name)
+
+
+def target_text(problem: Problem) -> str:
+    """What the model learns to write after 'A:': the solution's steps as one paragraph, then the answer in
+    the exemplars' words and their separator, so a tuned prompt ends its answers where CoT's stop strings
+    cut them. Calculator annotations are gone, as in every prompt file."""
+    steps = " ".join(line.strip() for line in problem.solution.split("\n") if line.strip())
+    return f" {steps} The answer is {problem.gold}.\n\n"
+
+
+def encode_example(problem: Problem, template: str, tokenizer, max_length: int) -> Tuple[List[int], int]:
+    """Token ids of prompt + target and the prompt's length. The prompt is tokenized alone, as evaluation
+    tokenizes it, so training sees exactly the prompt tokens the model will later continue."""
+    prompt_ids = tokenizer(render(template, question=problem.question)).input_ids
+    target_ids = tokenizer(target_text(problem), add_special_tokens=False).input_ids
+    return (prompt_ids + target_ids)[:max_length], len(prompt_ids)
+
+
+def make_batch(examples: List[Tuple[List[int], int]], pad_id: int):
+    """Right-padded ids and a mask that is 1 where a token is a target (solution) token."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.bool)
+    for row, (tokens, n_prompt) in enumerate(examples):
+        ids[row, :len(tokens)] = torch.tensor(tokens)
+        mask[row, n_prompt:len(tokens)] = True
+    return ids, mask
+
+
+def solution_loss(logits, ids, mask):
+    """Mean cross-entropy of each solution token given everything before it: logits at t predict ids at t+1."""
+    import torch.nn.functional as F
+
+    targets = ids[:, 1:][mask[:, 1:]]
+    return F.cross_entropy(logits[:, :-1][mask[:, 1:]].float(), targets)
+
+
+class Tunable:
+    """A backend's model with a trainable soft prompt: `logits(ids)` over the real tokens, `params`, `export()`.
+
+    petals: the client's PTuneMixin embeddings (loaded with the prompt by `load_backend`); local: PEFT."""
+
+    def __init__(self, backend, prompt: SoftPrompt):
+        import torch
+
+        self.backend, self.mode, self.length = backend, prompt.mode, prompt.length
+        if backend.name == "petals":
+            self.model = backend.model
+            self.model.requires_grad_(False)
+            t = self.model.transformer
+            self.params = [t.prompt_embeddings.weight]
+            if prompt.mode == "deep_ptune":
+                self.params.append(t.intermediate_prompt_embeddings.weight)
+        else:
+            from peft import PromptTuningConfig, TaskType, get_peft_model
+
+            backend.model.requires_grad_(False)
+            self.model = get_peft_model(backend.model, PromptTuningConfig(
+                task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prompt.length))
+            embedding = self.model.prompt_encoder["default"].embedding
+            with torch.no_grad():
+                embedding.weight.copy_(prompt.prompts)
+            self.params = [embedding.weight]
+        for p in self.params:
+            p.requires_grad_(True)
+
+    def logits(self, ids):
+        import torch
+
+        if self.backend.name == "petals":
+            return self.model(ids).logits  # the client strips the prompt positions itself
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, self.length:]
+
+    def export(self, name: str = "") -> SoftPrompt:
+        prompts = self.params[0].detach().clone()
+        intermediate = None
+        if self.mode == "deep_ptune":
+            n, layers = self.length, self.backend.model.config.num_hidden_layers
+            intermediate = self.params[1].detach().view(n, layers, -1).permute(1, 0, 2).clone()
+        return SoftPrompt(self.mode, prompts, intermediate, name)
+
+
+def run_name(config: TuningConfig) -> str:
+    model_short = Path(config.model.rstrip("/")).name.lower()
+    return config.name or (f"{config.tuning_mode}__{config.backend}__{model_short}__v{config.num_virtual_tokens}"
+                           f"__s{config.seed}")
+
+
+def batch_order(n_examples: int, batch_size: int, step: int, seed: int) -> List[int]:
+    """Example indices of a step: epoch e is a seeded shuffle, so step k's batch never depends on a restart."""
+    per_epoch = n_examples // batch_size
+    epoch, k = divmod(step, per_epoch)
+    order = list(range(n_examples))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+def dev_loss(tunable: Tunable, examples, pad_id: int, batch_size: int) -> float:
+    """Solution-token loss over the dev examples (token-weighted, so batch boundaries do not matter)."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            ids, mask = make_batch(examples[i:i + batch_size], pad_id)
+            n = int(mask[:, 1:].sum())
+            total += solution_loss(tunable.logits(ids), ids, mask).item() * n
+            count += n
+    return total / count
+
+
+def train(config: TuningConfig) -> Path:
+    """Train (or resume) a soft prompt; returns its run folder. Test problems are never read."""
+    import torch
+    from tqdm import tqdm
+
+    from .backends import open_backend
+    from .config import CACHE_DIR
+    from .convert import resolve_model
+    from .results import git_commit
+
+    name = run_name(config)
+    folder = Path(config.output_dir) / name
+    template = load_prompt(config.prompt)
+    try:
+        model_path = resolve_model(config.model)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    meta = {**as_dict(config), "name": name, "prompt_hash": prompt_hash(template)}
+    checkpoint = _read_checkpoint(folder, meta)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    dev = set(dev_indices())
+    train_problems = [p for p in load_split("train") if p.idx not in dev]
+    dev_problems = load_split("dev", config.dev_limit)
+    with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
+                      CACHE_DIR / "swarm" / name) as backend:
+        tok = backend.tokenizer
+        pad_id = tok.eos_token_id
+        if checkpoint is None:
+            torch.manual_seed(config.seed)
+            prompt = init_soft_prompt(tok, backend.model.get_input_embeddings(), config.tuning_mode,
+                                      config.num_virtual_tokens, config.init_text,
+                                      backend.model.config.num_hidden_layers)
+        else:
+            prompt = checkpoint["prompt"]
+        backend.set_soft_prompt(prompt)
+        tunable = Tunable(backend, prompt)
+        optimizer = torch.optim.AdamW(tunable.params, lr=config.lr, weight_decay=0.0)
+        start, best = 0, {"step": None, "dev_loss": float("inf")}
+        if checkpoint is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            start, best = checkpoint["step"], checkpoint["best"]
+            print(f"resuming {folder} at step {start} of {config.steps}", file=sys.stderr)
+        _write_config(folder, {**meta, "commit": git_commit(), "model_path": str(model_path),
+                               "n_train": len(train_problems), "best": best})
+        encode = lambda p: encode_example(p, template, tok, config.max_length)  # noqa: E731
+        dev_examples = [encode(p) for p in dev_problems]
+        log = _TrainLog(folder / LOG_FILE, keep_until=start)
+        if start == 0:
+            best = {"step": 0, "dev_loss": round(dev_loss(tunable, dev_examples, pad_id, config.batch_size), 5)}
+            log.write(best)
+            save_soft_prompt(tunable.export(name), folder)
+            _write_checkpoint(folder, meta, 0, tunable.export(name), optimizer, best)
+        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=name, unit="step",
+                   dynamic_ncols=True)
+        done = start  # steps applied to the prompt and the optimizer
+        try:
+            for step in bar:
+                t0 = time.perf_counter()
+                batch = [encode(train_problems[i]) for i in
+                         batch_order(len(train_problems), config.batch_size, step, config.seed)]
+                ids, mask = make_batch(batch, pad_id)
+                loss = solution_loss(tunable.logits(ids), ids, mask)
+                optimizer.zero_grad()
+                loss.backward()
+                grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in tunable.params))
+                optimizer.step()
+                done = step + 1
+                log.write({"step": done, "loss": round(loss.item(), 5), "grad_norm": round(grad_norm, 5),
+                           "tokens": int(mask[:, 1:].sum()), "seconds": round(time.perf_counter() - t0, 3)})
+                if done % config.eval_every == 0 or done == config.steps:
+                    loss_dev = dev_loss(tunable, dev_examples, pad_id, config.batch_size)
+                    log.write({"step": done, "dev_loss": round(loss_dev, 5)})
+                    if loss_dev < best["dev_loss"]:
+                        best = {"step": done, "dev_loss": round(loss_dev, 5)}
+                        save_soft_prompt(tunable.export(name), folder)
+                    _write_checkpoint(folder, meta, done, tunable.export(name), optimizer, best)
+                bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{best['dev_loss']:.3f}@{best['step']}")
+        except KeyboardInterrupt:
+            _write_checkpoint(folder, meta, done, tunable.export(name), optimizer, best)
+            log.close()
+            raise
+        log.close()
+        _write_config(folder, {**meta, "commit": git_commit(), "model_path": str(model_path),
+                               "n_train": len(train_problems), "best": best})
+    return folder
+
+
+def _write_config(folder: Path, config: dict) -> None:
+    tmp = folder / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(folder / CONFIG_FILE)
+
+
+def _write_checkpoint(folder: Path, meta: dict, step: int, prompt: SoftPrompt, optimizer, best: dict) -> None:
+    import torch
+
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save({"meta": meta, "step": step, "prompt": prompt, "optimizer": optimizer.state_dict(),
+                "best": best}, tmp)
+    tmp.replace(folder / CHECKPOINT_FILE)
+
+
+def _read_checkpoint(folder: Path, meta: dict) -> Optional[dict]:
+    """The last checkpoint of this run, if any; a run made with other settings is refused, not overwritten."""
+    import torch
+
+    path = folder / CHECKPOINT_FILE
+    if not path.exists():
+        if (folder / SOFT_PROMPT_FILE).exists():
+            raise UserError(f"{folder} holds a soft prompt but no {CHECKPOINT_FILE}: use another --name")
+        return None
+    try:
+        checkpoint = torch.load(path, weights_only=False)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to start over") from None
+    free = ("steps", "eval_every", "initial_peers", "dht_prefix", "num_servers")  # may change between sessions
+    changed = {k for k in meta if k not in free and checkpoint["meta"].get(k) != meta[k]}
+    if changed:
+        raise UserError(f"{folder} was trained with other settings ({', '.join(sorted(changed))}); "
+                        f"use another --name or --output-dir")
+    return checkpoint
+
+
+class _TrainLog:
+    """`train_log.jsonl`, cut back to the checkpoint's step on resume so every step appears once."""
+
+    def __init__(self, path: Path, keep_until: int):
+        rows = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line
+                if row["step"] <= keep_until:
+                    rows.append(row)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self._file = open(path, "a")
+
+    def write(self, row: dict) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def nearest_tokens(prompt: SoftPrompt, embeddings, tokenizer, k: int = 3) -> List[List[Tuple[str, float]]]:
+    """For each virtual token, the k vocabulary tokens whose input embeddings are closest in cosine: how far
+    training moved the prompt from words (an init text shows up as itself at step 0)."""
+    import torch.nn.functional as F
+
+    sims = F.normalize(prompt.prompts.float(), dim=-1) @ F.normalize(embeddings.float(), dim=-1).T
+    values, ids = sims.topk(k, dim=-1)
+    return [[(tokenizer.decode([i]), round(v, 3)) for i, v in zip(row_ids.tolist(), row_vals.tolist())]
+            for row_ids, row_vals in zip(ids, values)]
+
+
+def read_train_log(folder) -> List[dict]:
+    return [json.loads(line) for line in (Path(folder) / LOG_FILE).read_text().splitlines() if line.strip()]

@@ -1,0 +1,235 @@
+"""Soft prompts: the loss, batches and files on literal examples; training through a real loopback swarm;
+parity of the swarm's first step with PEFT's; the train-prompt CLI with resume; evaluation with a prompt."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gsmswarm.config import GenerationConfig, TuningConfig, UserError
+from gsmswarm.data import Problem, dev_indices, load_split
+from gsmswarm.prompts import load_prompt
+from gsmswarm.results import read_records
+from gsmswarm.tuning import (SoftPrompt, Tunable, batch_order, encode_example, init_soft_prompt, load_soft_prompt,
+                             make_batch, read_train_log, save_soft_prompt, solution_loss, target_text)
+
+PROBLEM = Problem(0, "Tom has 3 apples and buys 2 more. How many apples does he have?",
+                  "He has 3+2=<<3+2=5>>5 apples.\nSo he has 5 in all.\n#### 5", "5")
+
+
+def test_target_is_one_paragraph_without_calculator_annotations():
+    assert target_text(PROBLEM) == " He has 3+2=5 apples. So he has 5 in all. The answer is 5.\n\n"
+
+
+def test_batch_masks_solution_tokens_only_and_pads_on_the_right():
+    ids, mask = make_batch([([5, 6, 7, 8], 2), ([9, 10], 1)], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
+    assert mask.tolist() == [[False, False, True, True], [False, True, False, False]]
+
+
+def test_loss_scores_each_solution_token_from_the_position_before_it():
+    ids, mask = make_batch([([1, 2, 3], 2)], pad_id=0)  # one target: token 3, predicted at position 1
+    logits = torch.full((1, 3, 4), -1e4)
+    logits[0, 1, 3] = 0.0  # certain of the target where it must be predicted
+    logits[0, 2, 0] = 0.0  # position 2 predicts past the end: must not count
+    assert solution_loss(logits, ids, mask).item() == pytest.approx(0.0)
+    logits[0, 1, 3], logits[0, 1, 2] = -1e4, 0.0  # certain of the wrong token
+    assert solution_loss(logits, ids, mask).item() > 100
+
+
+def test_batches_are_seeded_and_an_epoch_covers_every_example_once():
+    order = [i for step in range(5) for i in batch_order(10, 2, step, seed=3)]
+    assert sorted(order) == list(range(10))
+    assert batch_order(10, 2, 7, seed=3) == batch_order(10, 2, 7, seed=3) != batch_order(10, 2, 7, seed=4)
+
+
+def test_training_problems_exclude_dev():
+    dev = set(dev_indices())
+    assert len(dev) == 500 and {p.idx for p in load_split("dev")} == dev
+
+
+def test_soft_prompt_round_trip_and_bad_files(tmp_path):
+    prompt = SoftPrompt("deep_ptune", torch.randn(4, 8), torch.randn(3, 4, 8))
+    save_soft_prompt(prompt, tmp_path)
+    back = load_soft_prompt(tmp_path)
+    assert back.mode == "deep_ptune" and back.name == tmp_path.name and back.sha256() == prompt.sha256()
+    assert torch.equal(back.intermediate, prompt.intermediate)
+    # Petals' layout: intermediate_prompt_embeddings is [N, layers * hidden], block-major within a row
+    flat = prompt.petals_weights()["intermediate_prompt_embeddings.weight"]
+    assert torch.equal(flat.view(4, 3, 8)[:, 1], prompt.intermediate[1])
+    with pytest.raises(UserError, match="no soft_prompt.safetensors"):
+        load_soft_prompt(tmp_path / "missing")
+    (tmp_path / "soft_prompt.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="not a readable soft prompt"):
+        load_soft_prompt(tmp_path)
+
+
+def test_deep_ptune_trains_through_petals_only():
+    with pytest.raises(UserError, match="deep_ptune trains through Petals only"):
+        TuningConfig(backend="local", tuning_mode="deep_ptune")
+
+
+def _tiny_batch(tokenizer):
+    template = load_prompt("qa_zeroshot")
+    return make_batch([encode_example(p, template, tokenizer, 64) for p in load_split("train", 2)],
+                      tokenizer.eos_token_id)
+
+
+def _init(backend, mode):
+    return init_soft_prompt(backend.tokenizer, backend.model.get_input_embeddings(), mode, 4,
+                            "Solve step by step", backend.model.config.num_hidden_layers)
+
+
+@pytest.fixture
+def fresh_petals(model_path, swarm):
+    """A client of its own: a soft prompt changes the model it is set on."""
+    from gsmswarm.backends import load_backend
+
+    backend = load_backend("petals", model_path, swarm.initial_peers, swarm.dht_prefix)
+    yield backend
+    backend.close()
+
+
+@pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])
+def test_swarm_training_changes_only_the_prompt(fresh_petals, mode):
+    backend = fresh_petals
+    prompt = _init(backend, mode)
+    backend.set_soft_prompt(prompt)
+    tunable = Tunable(backend, prompt)
+    ids, mask = _tiny_batch(backend.tokenizer)
+    frozen = {k: v.clone() for k, v in backend.model.state_dict().items() if "prompt_embeddings" not in k}
+    probe = torch.randn(1, 5, backend.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        blocks_before = backend.model.transformer.h(probe)  # every block, on the servers, no prompt
+    optimizer = torch.optim.AdamW(tunable.params, lr=0.01)
+    losses = []
+    for _ in range(3):
+        loss = solution_loss(tunable.logits(ids), ids, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[1] < losses[0] - 0.01, losses
+    trained = tunable.export()
+    assert not torch.equal(trained.prompts, prompt.prompts)
+    if mode == "deep_ptune":
+        assert trained.intermediate.abs().sum() > 0  # started at zero, moved
+    assert all(torch.equal(v, frozen[k]) for k, v in backend.model.state_dict().items() if k in frozen)
+    with torch.no_grad():
+        assert torch.equal(backend.model.transformer.h(probe), blocks_before)
+
+
+def test_first_step_through_swarm_equals_local_peft(fresh_petals, local_backend):
+    """Same init, batch and loss: the swarm's loss and prompt gradient match PEFT's to 1e-5 (measured: 0)."""
+    from gsmswarm.backends import load_backend
+
+    ids, mask = _tiny_batch(local_backend.tokenizer)
+    prompt = _init(local_backend, "ptune")
+    fresh_petals.set_soft_prompt(prompt)
+    results = []
+    local = load_backend("local", local_backend.model_name)  # PEFT wraps the model: not the shared one
+    for backend in (fresh_petals, local):
+        tunable = Tunable(backend, prompt)
+        loss = solution_loss(tunable.logits(ids), ids, mask)
+        loss.backward()
+        results.append((loss.item(), tunable.params[0].grad.clone()))
+    (swarm_loss, swarm_grad), (peft_loss, peft_grad) = results
+    assert swarm_loss == pytest.approx(peft_loss, abs=1e-5)
+    assert (swarm_grad - peft_grad).norm() <= 1e-5 * peft_grad.norm()
+
+
+@pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])
+def test_generation_with_a_soft_prompt_is_the_same_locally_and_through_the_swarm(fresh_petals, model_path, mode):
+    from gsmswarm.backends import load_backend
+
+    local = load_backend("local", model_path)
+    prompt = _init(local, mode)
+    if mode == "deep_ptune":
+        prompt.intermediate.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
+    question = "Q: " + load_split("test", 1)[0].question + "\nA:"
+    gen = GenerationConfig(max_new_tokens=16)
+    plain = local.generate(question, gen)[0].token_ids
+    local.set_soft_prompt(prompt)
+    fresh_petals.set_soft_prompt(prompt)
+    tuned = local.generate(question, gen)[0].token_ids
+    assert tuned != plain  # the prompt is really in front
+    assert fresh_petals.generate(question, gen)[0].token_ids == tuned
+    sampled = GenerationConfig(max_new_tokens=8, temperature=0.7, n=2, top_k=1)  # the shared-prompt path
+    assert local.generate(question, sampled)[0].token_ids == tuned[:8]
+
+
+def cli(*args, timeout=600, **popen):
+    return subprocess.run([sys.executable, "-m", "gsmswarm", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "INITIAL_PEERS": ""})
+
+
+TRAIN = ["train-prompt", "--num-virtual-tokens", "4", "--batch-size", "2", "--max-length", "64",
+         "--dev-limit", "2", "--eval-every", "2", "--lr", "0.05"]
+
+
+def test_train_prompt_cli_resumes_and_the_prompt_evaluates(swarm, tmp_path):
+    out = tmp_path / "pt"
+    args = [*TRAIN, "--backend", "petals", "--initial-peers", *swarm.initial_peers, "--output-dir", str(out),
+            "--name", "run"]
+    proc = subprocess.Popen([sys.executable, "-m", "gsmswarm", *args, "--steps", "40"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoint, deadline = out / "run" / "checkpoint.pt", time.monotonic() + 300
+    while not (checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130 and "rerun the same command to resume" in proc.stderr.read()
+    stopped = torch.load(checkpoint, weights_only=False)["step"]
+    assert 2 <= stopped < 40
+
+    done = cli(*args, "--steps", str(stopped + 2))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming {out / 'run'} at step {stopped}" in done.stderr
+    log = read_train_log(out / "run")
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, stopped + 3))  # every step once
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["tuning_mode"] == "ptune" and config["best"]["step"] is not None
+
+    again = cli(*args, "--steps", str(stopped + 2), "--lr", "0.1")
+    assert again.returncode == 2 and "other settings (lr)" in again.stderr
+
+    results = tmp_path / "results"
+    run = cli("run", "--prompt", "qa_zeroshot", "--soft-prompt", str(out / "run"), "--limit", "1",
+              "--max-new-tokens", "8", "--output-dir", str(results), "--initial-peers", *swarm.initial_peers)
+    assert run.returncode == 0, run.stderr[-2000:]
+    [record] = read_records(results / "cot" / "cot__petals__smollm2-135m__qa_zeroshot+run__test__n1__t0__s0.jsonl")
+    assert record["soft_prompt"]["path"] == str(out / "run") and record["soft_prompt"]["length"] == 4
+    assert record["soft_prompt"]["sha256"] == load_soft_prompt(out / "run").sha256()
+
+
+def test_local_peft_training_cli(tmp_path):
+    done = cli(*TRAIN, "--backend", "local", "--steps", "2", "--output-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "ptune__local__smollm2-135m__v4__s0"
+    assert load_soft_prompt(folder).prompts.shape == (4, 576)
+    log = read_train_log(folder)
+    assert [r["step"] for r in log if "loss" in r] == [1, 2] and [r["step"] for r in log if "dev_loss" in r] == [0, 2]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train-prompt", "--backend", "local", "--tuning-mode", "deep_ptune"], "trains through Petals only"),
+    (["train-prompt", "--lr", "0"], "--lr must be > 0"),
+    (["run", "--soft-prompt", "/nonexistent"], "--soft-prompt /nonexistent: no soft_prompt.safetensors"),
+])
+def test_bad_tuning_input_gives_one_line(args, needle):
+    done = cli(*args)
+    assert done.returncode == 2 and needle in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_nearest_tokens_of_a_text_init_are_the_text(local_backend):
+    from gsmswarm.tuning import nearest_tokens
+
+    tok, embeddings = local_backend.tokenizer, local_backend.model.get_input_embeddings()
+    ids = tok(" apples and oranges", add_special_tokens=False).input_ids
+    prompt = init_soft_prompt(tok, embeddings, "ptune", len(ids), " apples and oranges", 30)
+    nearest = nearest_tokens(prompt, embeddings.weight, tok)
+    assert [row[0] for row in nearest] == [(tok.decode([i]), 1.0) for i in ids]
