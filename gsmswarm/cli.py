@@ -38,7 +38,10 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
         if kind is str and f.name == "stop":
             kind = lambda s: codecs.decode(s, "unicode_escape")  # noqa: E731 -- lets users type \n
         flags = [flag, *f.metadata.get("aliases", ())]
-        parser.add_argument(*flags, type=kind, **kw)
+        if kind is bool:
+            parser.add_argument(*flags, action="store_true", **kw)
+        else:
+            parser.add_argument(*flags, type=kind, **kw)
 
 
 def _build(cls, args: argparse.Namespace):
@@ -55,7 +58,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     from .convert import resolve_model
     from .data import load_split
     from .methods import SAMPLING_METHODS, get_method
-    from .prompts import load_prompt, prompt_hash
+    from .prompts import load_prompt, prompt_hash, slots
     from .report import summarize_run
     from .results import ResultsWriter, git_commit, run_name
 
@@ -63,6 +66,10 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     if config.method in SAMPLING_METHODS and gen.n < 2:
         raise UserError(f"--method {config.method} needs --samples k >= 2 (and --temperature > 0)")
     template = load_prompt(config.prompt)
+    wanted = {"exemplars", "question"} if config.method == "rag" else {"question"}
+    if slots(template) != wanted:
+        raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --method {config.method} "
+                        f"fills {sorted(wanted)} (rag: use rag_cot)")
     try:
         model_path = resolve_model(config.model)
     except FileNotFoundError as e:
@@ -73,14 +80,15 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
         from .tuning import load_soft_prompt
 
         soft_prompt = load_soft_prompt(config.soft_prompt)
-    name = run_name(config.method, config.backend, config.model, config.prompt, config.split, gen.n,
-                    gen.temperature, gen.seed, config.soft_prompt)
+    name = run_name(config, gen)
     path = Path(config.output_dir) / config.method / f"{name}.jsonl"
     base = {"run_id": name, "method": config.method, "backend": config.backend, "model": config.model,
             "prompt": config.prompt, "prompt_hash": prompt_hash(template), "gen": as_dict(gen),
             "split": config.split, "commit": git_commit(),
             "soft_prompt": soft_prompt and {"path": config.soft_prompt, "mode": soft_prompt.mode,
-                                            "length": soft_prompt.length, "sha256": soft_prompt.sha256()}}
+                                            "length": soft_prompt.length, "sha256": soft_prompt.sha256()},
+            "rag": ({"k": config.rag_k, "order": config.rag_order, "embedder": config.embedder}
+                    if config.method == "rag" else None)}
     summary = None
     with ResultsWriter(path) as writer:
         todo = [p for p in problems if p.idx not in writer.done]
@@ -90,12 +98,13 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
                   file=sys.stderr)
         try:
             if todo:
+                tools = method.setup(config) if hasattr(method, "setup") else {}
                 with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix,
                                   config.num_servers, CACHE_DIR / "swarm" / name) as backend:
                     if soft_prompt is not None:
                         backend.set_soft_prompt(soft_prompt)
                     for problem in tqdm(todo, desc=name, unit="problem", dynamic_ncols=True):
-                        solved = method.solve(problem, backend, template, gen)
+                        solved = method.solve(problem, backend, template, gen, **tools)
                         writer.write({**base, "idx": problem.idx, "question": problem.question,
                                       "gold": problem.gold, **solved, "error": None})
         finally:  # an interrupted run still gets a summary of what it finished
@@ -107,7 +116,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
 
 def _check_same_config(path: Path, old: dict, base: dict) -> None:
     """Resuming appends to a run only if the prompt and generation settings are the ones it was made with."""
-    for key in ("prompt_hash", "gen", "soft_prompt"):
+    for key in ("prompt_hash", "gen", "soft_prompt", "rag"):
         if old.get(key) != json.loads(json.dumps(base[key])):
             raise UserError(f"{path} was made with another {key} ({old.get(key)}); "
                             f"use another --output-dir or move that file")

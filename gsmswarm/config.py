@@ -67,17 +67,34 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class RunConfig(BackendConfig):
-    method: str = _help("cot (chain-of-thought) or self_consistency (cot + --samples k + a vote)", default="cot")
-    prompt: str = _help("prompt file in prompts/ without .txt", default="cot_8shot")
+    method: str = _help("cot (chain-of-thought), self_consistency (cot + --samples k + a vote), or rag (cot "
+                        "with the nearest solved training problems as exemplars; use --prompt rag_cot)",
+                        default="cot")
+    prompt: Optional[str] = _help("prompt file in prompts/ without .txt (default: cot_8shot; rag_cot for rag)",
+                                  default=None)
     soft_prompt: Optional[str] = _help("folder of a trained soft prompt (prompt_tuning/<run>) to prepend",
                                        default=None)
     split: str = _help("'test', 'train' or 'dev' (500 problems carved from train with a fixed seed)",
                        default="test")
     limit: Optional[int] = _help("first N problems of the split (default: all)", default=None)
     output_dir: str = _help("results go to OUTPUT_DIR/<method>/<run>.jsonl", default="method_results")
+    rag_k: int = _help("rag: training problems retrieved as exemplars", default=8)
+    rag_order: str = _help("rag: 'nearest_last' (the closest exemplar right before the question) or "
+                           "'nearest_first'", default="nearest_last")
+    embedder: str = _help("rag: 'all-minilm-l6-v2' (embedded, sha256-verified) or a sentence-transformers "
+                          "folder / hub id", default="all-minilm-l6-v2")
+    index_dir: Optional[str] = _help("rag: Chroma store (default: .cache/chroma/<embedder>)", default=None)
+    rebuild_index: bool = _help("rag: rebuild the index even if it looks current, replacing the directory",
+                                default=False)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.prompt is None:
+            object.__setattr__(self, "prompt", "rag_cot" if self.method == "rag" else "cot_8shot")
+        if self.rag_k < 1:
+            raise UserError(f"--rag-k must be >= 1, got {self.rag_k}")
+        if self.rag_order not in ("nearest_last", "nearest_first"):
+            raise UserError(f"--rag-order must be nearest_last or nearest_first, got {self.rag_order!r}")
         if self.split not in ("test", "train", "dev"):
             raise UserError(f"--split must be test, train or dev, got {self.split!r}")
         if self.limit is not None and self.limit < 1:

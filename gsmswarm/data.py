@@ -26,6 +26,13 @@ class Problem:
         """The worked solution as plain text: calculator annotations and the `#### N` line removed."""
         return CALC_RE.sub("", self.answer.rpartition("####")[0]).strip()
 
+    @property
+    def chain_of_thought(self) -> str:
+        """The solution in the prompt files' exemplar style: its steps as one paragraph, then "The answer is N."
+        What retrieved exemplars show and what a soft prompt is trained to make the model write."""
+        steps = " ".join(line.strip() for line in self.solution.split("\n") if line.strip())
+        return f"{steps} The answer is {self.gold}."
+
 
 def read_jsonl(path: Path) -> List[dict]:
     """Parse a JSONL file; a bad line raises UserError naming file and line."""

@@ -8,20 +8,23 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from .config import REPO_DIR, UserError
 
 
 
-def run_name(method: str, backend: str, model: str, prompt: str, split: str, n: int, temperature: float,
-             seed: int, soft_prompt: Optional[str] = None) -> str:
-    """`<method>__<backend>__<model>__<prompt>[+<soft prompt>]__<split>__n<n>__t<temp>__s<seed>`: the file name
-    says the config."""
-    model_short = Path(model.rstrip("/")).name.lower()
-    if soft_prompt:
-        prompt += "+" + Path(soft_prompt.rstrip("/")).name
-    return f"{method}__{backend}__{model_short}__{prompt}__{split}__n{n}__t{temperature:g}__s{seed}"
+def run_name(config, gen) -> str:
+    """`<method>__<backend>__<model>__<prompt>[+<soft prompt>][@k<k>-<order>]__<split>__n<n>__t<temp>__s<seed>`
+    (`config`: RunConfig, `gen`: GenerationConfig): the file name says the config."""
+    model_short = Path(config.model.rstrip("/")).name.lower()
+    prompt = config.prompt
+    if config.soft_prompt:
+        prompt += "+" + Path(config.soft_prompt.rstrip("/")).name
+    if config.method == "rag":
+        prompt += f"@k{config.rag_k}-{config.rag_order}"
+    return (f"{config.method}__{config.backend}__{model_short}__{prompt}__{config.split}__n{gen.n}"
+            f"__t{gen.temperature:g}__s{gen.seed}")
 
 
 def git_commit() -> str:

@@ -103,11 +103,9 @@ def load_soft_prompt(folder) -> SoftPrompt:
 
 
 def target_text(problem: Problem) -> str:
-    """What the model learns to write after 'A:': the solution's steps as one paragraph, then the answer in
-    the exemplars' words and their separator, so a tuned prompt ends its answers where CoT's stop strings
-    cut them. Calculator annotations are gone, as in every prompt file."""
-    steps = " ".join(line.strip() for line in problem.solution.split("\n") if line.strip())
-    return f" {steps} The answer is {problem.gold}.\n\n"
+    """What the model learns to write after 'A:': the solution as an exemplar would show it, then the
+    exemplars' separator, so a tuned prompt ends its answers where CoT's stop strings cut them."""
+    return f" {problem.chain_of_thought}\n\n"
 
 
 def encode_example(problem: Problem, template: str, tokenizer, max_length: int) -> Tuple[List[int], int]:

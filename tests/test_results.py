@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from gsmswarm.config import UserError
+from gsmswarm.config import GenerationConfig, RunConfig, UserError
 from gsmswarm.results import ResultsWriter, read_records, run_name
 
 
@@ -50,5 +50,8 @@ def test_no_duplicate_records(tmp_path):
 
 
 def test_run_name_encodes_config():
-    name = run_name("cot", "petals", "smollm2-135m", "cot_8shot", "test", 1, 0.0, 0)
+    name = run_name(RunConfig(), GenerationConfig())
     assert name == "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
+    rag = RunConfig(method="rag", rag_k=4, soft_prompt="prompt_tuning/pt/", backend="local")
+    assert run_name(rag, GenerationConfig(temperature=0.7, n=2, seed=3)) == \
+        "rag__local__smollm2-135m__rag_cot+pt@k4-nearest_last__test__n2__t0.7__s3"

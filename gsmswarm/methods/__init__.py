@@ -3,9 +3,11 @@ from importlib import import_module
 
 from ..config import UserError
 
-# name -> module with `solve(problem, backend, template, gen) -> dict`. Self-consistency is chain-of-thought
+# name -> module with `solve(problem, backend, template, gen, **tools) -> dict`, where `tools` come from the
+# module's optional `setup(run_config)` (an index, say), made once per run. Self-consistency is chain-of-thought
 # with sampled completions and a vote: same module, its own name so its runs are labelled as such.
-METHODS = {"cot": "gsmswarm.methods.cot", "self_consistency": "gsmswarm.methods.cot"}
+METHODS = {"cot": "gsmswarm.methods.cot", "self_consistency": "gsmswarm.methods.cot",
+           "rag": "gsmswarm.methods.rag"}
 SAMPLING_METHODS = {"self_consistency"}  # need --samples k >= 2 and --temperature > 0
 
 

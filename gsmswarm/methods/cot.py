@@ -12,7 +12,11 @@ from ..prompts import render
 
 def solve(problem: Problem, backend, template: str, gen) -> dict:
     """The method-specific part of a record: completions, preds per filter, the voted pred."""
-    prompt = render(template, question=problem.question)
+    return complete(render(template, question=problem.question), problem, backend, gen)
+
+
+def complete(prompt: str, problem: Problem, backend, gen) -> dict:
+    """Generate from a finished prompt and grade: the record fields every prompting method shares."""
     completions = backend.generate(prompt, gen)
     texts = [c.text for c in completions]
     preds = {"answer": [extract_answer(t) for t in texts]}

@@ -1,0 +1,31 @@
+"""RAG: the k training problems nearest to the question (Chroma, sentence-transformers) become the few-shot
+exemplars of a chain-of-thought prompt (DSPy's KNNFewShot), in place of the 8 fixed exemplars of Wei et al.
+
+Exemplars are written exactly as in `prompts/cot_8shot.txt` (`Q:`/`A:`, the steps as one paragraph, "The
+answer is N.", a blank line between), so RAG differs from fixed few-shot CoT only in which problems are shown.
+With `--soft-prompt` this is prompt tuning + RAG. Each record keeps the retrieved ids and distances.
+"""
+from ..data import Problem
+from ..prompts import render
+from .cot import complete
+
+
+def setup(config) -> dict:
+    """Open (or build once) the index; a train/dev question must not retrieve itself."""
+    from ..retrieval import open_index
+
+    index = open_index(config.embedder, config.index_dir, config.rebuild_index)
+    return {"index": index, "k": config.rag_k, "order": config.rag_order, "exclude_self": config.split != "test"}
+
+
+def exemplar(problem: Problem) -> str:
+    return f"Q: {problem.question}\nA: {problem.chain_of_thought}\n\n"
+
+
+def solve(problem: Problem, backend, template: str, gen, index, k: int, order: str, exclude_self: bool) -> dict:
+    neighbours = index.query(problem.question, k, exclude_idx=problem.idx if exclude_self else None)
+    shown = neighbours[::-1] if order == "nearest_last" else neighbours
+    prompt = render(template, exemplars="".join(exemplar(n.problem) for n in shown), question=problem.question)
+    record = complete(prompt, problem, backend, gen)
+    record["retrieved"] = [{"idx": n.idx, "distance": round(n.distance, 4)} for n in neighbours]  # nearest first
+    return record
