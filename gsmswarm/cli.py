@@ -1,4 +1,4 @@
-"""Command line: `python -m gsmswarm {run,parity,train-prompt,summarize,convert} --help`.
+"""Command line: `python -m gsmswarm {run,parity,train-prompt,build-index,summarize,convert} --help`.
 
 Generation happens here; notebooks read what it writes. Flags map 1:1 onto the fields of `RunConfig` and
 `GenerationConfig` (`--max-new-tokens` is `max_new_tokens`); an unknown flag is an error.
@@ -184,6 +184,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_sum.add_argument("--output-dir", default="method_results", help="folder written by `run`")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
     _add_dataclass_flags(p_tune, TuningConfig)
+    p_index = sub.add_parser("build-index", help="build (or check) the Chroma index of training problems for rag")
+    for name in ("embedder", "index_dir", "rebuild_index"):
+        f = next(f for f in dataclasses.fields(RunConfig) if f.name == name)
+        p_index.add_argument("--" + name.replace("_", "-"), default=f.default, help=f.metadata["help"],
+                             **({"action": "store_true"} if f.type is bool else {}))
     sub.add_parser("convert", help="convert the embedded GGUF model once and print its folder")
     args = parser.parse_args(argv)
 
@@ -196,6 +201,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .convert import ensure_embedded_model
 
             print(ensure_embedded_model())
+            return 0
+        if args.command == "build-index":
+            from .retrieval import open_index
+
+            index = open_index(args.embedder, args.index_dir, args.rebuild_index)
+            print(f"index: {len(index)} training problems in {index.store_dir}")
             return 0
         if args.command == "summarize":
             summarize(args.output_dir)

@@ -91,6 +91,23 @@ def maj_table(summaries: List[dict]) -> str:
     return _table(rows)
 
 
+def method_comparison(runs: Dict[str, List[dict]]):
+    """Named runs on the problems all of them finished: accuracy with its 95% interval per run, and every pair
+    with the exact McNemar test. Returns two DataFrames (per run, per pair)."""
+    import itertools
+
+    import pandas as pd
+
+    common = set.intersection(*({r["idx"] for r in records} for records in runs.values()))
+    runs = {name: [r for r in records if r["idx"] in common] for name, records in runs.items()}
+    per_run = pd.DataFrame([{"method": name, "n": len(recs),
+                             **{k: round(v, 3) for k, v in accuracy(recs).items() if k != "n"}}
+                            for name, recs in runs.items()]).set_index("method")
+    pairs = pd.DataFrame([{"a": a, "b": b, **paired(runs[a], runs[b])}
+                          for a, b in itertools.combinations(runs, 2)]).set_index(["a", "b"])
+    return per_run, pairs
+
+
 def plot_accuracy(summaries: List[dict], path: Path) -> None:
     """Horizontal bars of accuracy with 95% intervals, one per run."""
     import matplotlib

@@ -157,3 +157,11 @@ def test_bad_rag_input_gives_one_line(args, needle, tmp_path):
     done = subprocess.run([sys.executable, "-m", "gsmswarm", "run", "--method", "rag", "--limit", "1",
                            "--output-dir", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_build_index_command_refuses_a_foreign_directory(tmp_path):
+    (tmp_path / "x").write_text("x")
+    done = subprocess.run([sys.executable, "-m", "gsmswarm", "build-index", "--index-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "is not a gsmswarm index" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and (tmp_path / "x").read_text() == "x"
