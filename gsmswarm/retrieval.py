@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .config import CACHE_DIR, UserError
+from .convert import sha256_file
 from .data import DATA_DIR, Problem, load_split
 
 EMBEDDERS = {  # name -> (python package holding the model folder, sha256 of its model.safetensors)
@@ -39,17 +40,9 @@ def resolve_embedder(name: str) -> str:
     except ImportError:
         raise UserError(f"--embedder {name}: package {package} is not installed (run install.sh)") from None
     weights = folder / "model.safetensors"
-    if _sha256(weights) != sha:
+    if sha256_file(weights) != sha:
         raise UserError(f"{weights}: sha256 does not match the pinned {sha[:12]}...; reinstall {package}")
     return str(folder)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def embedding_function(embedder: str):
@@ -63,9 +56,9 @@ def content_hash(embedder_name: str, embedder_path: str, n_problems: int) -> str
     """What the index depends on: the training data's bytes (and how many of its problems), the embedding
     model and the stored format."""
     h = hashlib.sha256(f"v{INDEX_VERSION}|{embedder_name}|{n_problems}|".encode())
-    h.update(_sha256(DATA_DIR / "train.jsonl").encode())
+    h.update(sha256_file(DATA_DIR / "train.jsonl").encode())
     weights = Path(embedder_path) / "model.safetensors"
-    h.update((_sha256(weights) if weights.exists() else embedder_path).encode())
+    h.update((sha256_file(weights) if weights.exists() else embedder_path).encode())
     return h.hexdigest()[:16]
 
 

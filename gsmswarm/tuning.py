@@ -254,8 +254,12 @@ def train(config: TuningConfig) -> Path:
             optimizer.load_state_dict(checkpoint["optimizer"])
             start, best = checkpoint["step"], checkpoint["best"]
             print(f"resuming {folder} at step {start} of {config.steps}", file=sys.stderr)
-        _write_config(folder, {**meta, "commit": git_commit(), "model_path": str(model_path),
-                               "n_train": len(train_problems), "best": best})
+        old = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).exists() else {}
+        commits = old.get("commits", [])  # every commit that ran steps of this prompt, in order
+        if start < config.steps and git_commit() not in commits:
+            commits.append(git_commit())
+        info = {**meta, "commits": commits, "model_path": str(model_path), "n_train": len(train_problems)}
+        _write_config(folder, {**info, "best": best})
         encode = lambda p: encode_example(p, template, tok, config.max_length)  # noqa: E731
         dev_examples = [encode(p) for p in dev_problems]
         log = _TrainLog(folder / LOG_FILE, keep_until=start)
@@ -294,8 +298,7 @@ def train(config: TuningConfig) -> Path:
             log.close()
             raise
         log.close()
-        _write_config(folder, {**meta, "commit": git_commit(), "model_path": str(model_path),
-                               "n_train": len(train_problems), "best": best})
+        _write_config(folder, {**info, "best": best})
     return folder
 
 
