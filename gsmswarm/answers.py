@@ -63,5 +63,14 @@ def extract_answer(completion: Optional[str]) -> str:
     return strict if strict != INVALID else _flexible(completion)
 
 
+def number_answer(value: str) -> str:
+    """A program's returned number as a pred: floats rounded to 6 decimals (so 0.1 + 0.2 is 0.3), then
+    normalised like every extracted answer."""
+    try:
+        return _normalise(format(round(float(value), 6), "f")) if "." in value or "e" in value else _normalise(value)
+    except (ValueError, OverflowError):
+        return INVALID
+
+
 def is_correct(completion: str, answer_field: str) -> bool:
     return extract_answer(completion) == gold_answer(answer_field)

@@ -67,11 +67,11 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class RunConfig(BackendConfig):
-    method: str = _help("cot (chain-of-thought), self_consistency (cot + --samples k + a vote), or rag (cot "
-                        "with the nearest solved training problems as exemplars; use --prompt rag_cot)",
-                        default="cot")
-    prompt: Optional[str] = _help("prompt file in prompts/ without .txt (default: cot_8shot; rag_cot for rag)",
-                                  default=None)
+    method: str = _help("cot (chain-of-thought), self_consistency (cot + --samples k + a vote), rag (cot "
+                        "with the nearest solved training problems as exemplars), or pal (the model writes a "
+                        "program, run in a sandbox)", default="cot")
+    prompt: Optional[str] = _help("prompt file in prompts/ without .txt (default: cot_8shot; rag_cot for rag, "
+                                  "pal_8shot for pal)", default=None)
     soft_prompt: Optional[str] = _help("folder of a trained soft prompt (prompt_tuning/<run>) to prepend",
                                        default=None)
     split: str = _help("'test', 'train' or 'dev' (500 problems carved from train with a fixed seed)",
@@ -90,7 +90,7 @@ class RunConfig(BackendConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.prompt is None:
-            object.__setattr__(self, "prompt", "rag_cot" if self.method == "rag" else "cot_8shot")
+            object.__setattr__(self, "prompt", {"rag": "rag_cot", "pal": "pal_8shot"}.get(self.method, "cot_8shot"))
         if self.rag_k < 1:
             raise UserError(f"--rag-k must be >= 1, got {self.rag_k}")
         if self.rag_order not in ("nearest_last", "nearest_first"):

@@ -1,0 +1,42 @@
+"""Program-aided solving (PAL, Gao et al., 2023): the model writes the body of `def solution():`, the program
+runs in the sandbox (`gsmswarm.sandbox`), and its returned number is the answer.
+
+The prompt (`prompts/pal_8shot.txt`) shows the 8 exemplar questions of the CoT prompt as programs and ends
+with the header of the question's own function, so the completion is the function body. Programs contain
+blank lines, so a "\\n\\n" stop string becomes PAL's separator "\\n\\n\\n". Each record keeps the program, the
+sandbox's verdict and the value or error; every filter's pred is the program's value.
+"""
+import dataclasses
+
+from ..answers import INVALID, number_answer
+from ..data import Problem
+from ..metrics import majority_vote
+from ..prompts import render
+from ..sandbox import run_program
+
+
+def solve(problem: Problem, backend, template: str, gen) -> dict:
+    gen = dataclasses.replace(gen, stop=tuple("\n\n\n" if s == "\n\n" else s for s in gen.stop))
+    prompt = render(template, question=problem.question)
+    header = prompt[prompt.rindex("def solution():"):]
+    completions = backend.generate(prompt, gen)
+    programs, runs, preds = [], [], []
+    for c in completions:
+        program = header + c.text
+        result = run_program(program)
+        programs.append(program)
+        runs.append({"verdict": result.verdict, "value": result.value, "error": result.error})
+        preds.append(number_answer(result.value) if result.ok else INVALID)
+    pred = majority_vote(preds)  # one program: its value; k sampled programs: their vote
+    return {
+        "completions": [c.text for c in completions],
+        "programs": programs,
+        "sandbox": runs,
+        "preds": {"answer": preds, "strict": preds, "flexible": preds},
+        "pred": pred,
+        "correct": pred == problem.gold,
+        "truncated": [c.truncated for c in completions],
+        "n_prompt_tokens": backend.n_tokens(prompt),
+        "n_completion_tokens": [len(c.token_ids) for c in completions],
+        "latency_s": round(sum(c.latency_s for c in completions), 3),
+    }

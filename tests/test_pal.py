@@ -1,0 +1,59 @@
+"""PAL: the program is the prompt's function header plus the completion; its value is graded like any
+answer; a real completion from the embedded model goes through the sandbox."""
+import pytest
+
+from gsmswarm.answers import INVALID, number_answer
+from gsmswarm.backends import Completion
+from gsmswarm.config import GenerationConfig
+from gsmswarm.data import Problem, load_split
+from gsmswarm.methods import get_method
+from gsmswarm.prompts import load_prompt
+
+PROBLEM = Problem(0, "Tom has 3 apples and buys 2 more. How many apples does he have?", "3+2=5\n#### 5", "5")
+
+
+@pytest.mark.parametrize("value, pred", [("18", "18"), ("18.0", "18"), ("0.30000000000000004", "0.3"),
+                                         ("-4.5", "-4.5"), ("1e3", "1000"), ("nan?", INVALID)])
+def test_program_values_become_preds(value, pred):
+    assert number_answer(value) == pred
+
+
+class Scripted:
+    """A backend that answers with a fixed completion and remembers what it was asked."""
+
+    name = "scripted"
+
+    def __init__(self, text):
+        self.text, self.seen = text, []
+
+    def generate(self, prompt, gen):
+        self.seen.append((prompt, gen))
+        return [Completion(self.text, [1, 2, 3], truncated=False, latency_s=0.01)]
+
+    def n_tokens(self, text):
+        return len(text.split())
+
+
+def test_program_is_header_plus_completion_and_its_value_is_the_answer():
+    backend = Scripted("\n    apples = 3 + 2\n    return apples")
+    record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    prompt, gen = backend.seen[0]
+    assert prompt.endswith(f'def solution():\n    """{PROBLEM.question}"""')
+    assert gen.stop == ("\n\n\n", "\nQ:")  # programs have blank lines; the exemplars are 3+ newlines apart
+    assert record["programs"][0] == f'def solution():\n    """{PROBLEM.question}"""\n    apples = 3 + 2\n    return apples'
+    assert record["sandbox"] == [{"verdict": "ok", "value": "5", "error": None}]
+    assert record["pred"] == "5" and record["correct"] and record["preds"]["strict"] == ["5"]
+
+
+def test_a_hostile_completion_is_refused_and_counted_wrong():
+    backend = Scripted("\n    import os\n    return os.system('true')")
+    record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    assert record["sandbox"][0]["verdict"] == "refused" and record["pred"] == INVALID and not record["correct"]
+
+
+def test_real_completion_runs_through_the_sandbox(local_backend):
+    problem = load_split("test", 1)[0]
+    record = get_method("pal").solve(problem, local_backend, load_prompt("pal_8shot"),
+                                     GenerationConfig(max_new_tokens=24))
+    assert record["programs"][0].startswith("def solution():") and record["n_completion_tokens"][0] <= 24
+    assert record["sandbox"][0]["verdict"] in {"ok", "refused", "error", "timeout", "memory", "killed"}
