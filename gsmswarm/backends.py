@@ -21,6 +21,7 @@ class Completion:
     token_ids: List[int]  # generated ids up to and including the stop (or max_new_tokens)
     truncated: bool  # hit max_new_tokens without a stop string or end-of-sequence
     latency_s: float
+    stop: Optional[str] = None  # the stop string that ended it, if one did
 
 
 class _StopOnStrings:
@@ -174,7 +175,7 @@ class Backend:
         if eos in new_ids:  # batch rows that ended early are padded with eos after their end
             new_ids = new_ids[: new_ids.index(eos) + 1]
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        cut = min((text.index(s) for s in gen.stop if s in text), default=None)
+        cut, stop = min(((text.index(s), s) for s in gen.stop if s in text), default=(None, None))
         stopped = cut is not None or eos in new_ids
         if cut is not None:
             text = text[:cut]
@@ -183,7 +184,7 @@ class Backend:
                        if any(s in self.tokenizer.decode(new_ids[:i], skip_special_tokens=True) for s in gen.stop))
             new_ids = new_ids[:end]
         return Completion(text, new_ids, truncated=not stopped and len(new_ids) >= gen.max_new_tokens,
-                          latency_s=latency)
+                          latency_s=latency, stop=stop)
 
     def close(self) -> None:
         """Shut down the client's DHT: otherwise the process can hang at exit in session cleanup."""

@@ -68,10 +68,11 @@ class BackendConfig:
 @dataclass(frozen=True)
 class RunConfig(BackendConfig):
     method: str = _help("cot (chain-of-thought), self_consistency (cot + --samples k + a vote), rag (cot "
-                        "with the nearest solved training problems as exemplars), or pal (the model writes a "
-                        "program, run in a sandbox)", default="cot")
+                        "with the nearest solved training problems as exemplars), pal (the model writes a "
+                        "program, run in a sandbox), or calculator (cot whose <<a op b=>> steps the sandbox "
+                        "computes)", default="cot")
     prompt: Optional[str] = _help("prompt file in prompts/ without .txt (default: cot_8shot; rag_cot for rag, "
-                                  "pal_8shot for pal)", default=None)
+                                  "pal_8shot for pal, cot_8shot_calc for calculator)", default=None)
     soft_prompt: Optional[str] = _help("folder of a trained soft prompt (prompt_tuning/<run>) to prepend",
                                        default=None)
     split: str = _help("'test', 'train' or 'dev' (500 problems carved from train with a fixed seed)",
@@ -90,7 +91,8 @@ class RunConfig(BackendConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.prompt is None:
-            object.__setattr__(self, "prompt", {"rag": "rag_cot", "pal": "pal_8shot"}.get(self.method, "cot_8shot"))
+            object.__setattr__(self, "prompt", {"rag": "rag_cot", "pal": "pal_8shot", "calculator": "cot_8shot_calc"}.get(
+                self.method, "cot_8shot"))
         if self.rag_k < 1:
             raise UserError(f"--rag-k must be >= 1, got {self.rag_k}")
         if self.rag_order not in ("nearest_last", "nearest_first"):

@@ -7,7 +7,8 @@ from ..config import UserError
 # module's optional `setup(run_config)` (an index, say), made once per run. Self-consistency is chain-of-thought
 # with sampled completions and a vote: same module, its own name so its runs are labelled as such.
 METHODS = {"cot": "gsmswarm.methods.cot", "self_consistency": "gsmswarm.methods.cot",
-           "rag": "gsmswarm.methods.rag", "pal": "gsmswarm.methods.pal"}
+           "rag": "gsmswarm.methods.rag", "pal": "gsmswarm.methods.pal",
+           "calculator": "gsmswarm.methods.calculator"}
 SAMPLING_METHODS = {"self_consistency"}  # need --samples k >= 2 and --temperature > 0
 
 

@@ -18,17 +18,18 @@ def solve(problem: Problem, backend, template: str, gen) -> dict:
 def complete(prompt: str, problem: Problem, backend, gen) -> dict:
     """Generate from a finished prompt and grade: the record fields every prompting method shares."""
     completions = backend.generate(prompt, gen)
-    texts = [c.text for c in completions]
-    preds = {"answer": [extract_answer(t) for t in texts]}
-    preds.update({name: [f(t) for t in texts] for name, f in FILTERS.items()})
-    pred = majority_vote(preds["answer"])
     return {
-        "completions": texts,
-        "preds": preds,
-        "pred": pred,
-        "correct": pred == problem.gold,
+        **grade([c.text for c in completions], problem, prompt, backend),
         "truncated": [c.truncated for c in completions],
-        "n_prompt_tokens": backend.n_tokens(prompt),
         "n_completion_tokens": [len(c.token_ids) for c in completions],
         "latency_s": round(sum(c.latency_s for c in completions), 3),
     }
+
+
+def grade(texts, problem: Problem, prompt: str, backend) -> dict:
+    """Preds per filter for each completion, and the vote over them."""
+    preds = {"answer": [extract_answer(t) for t in texts]}
+    preds.update({name: [f(t) for t in texts] for name, f in FILTERS.items()})
+    pred = majority_vote(preds["answer"])
+    return {"completions": list(texts), "preds": preds, "pred": pred, "correct": pred == problem.gold,
+            "n_prompt_tokens": backend.n_tokens(prompt)}

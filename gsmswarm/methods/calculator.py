@@ -1,0 +1,61 @@
+"""Chain-of-thought with a calculator in the loop (as OpenAI's GSM8K calculator does during sampling): the
+prompt's exemplars annotate each step as `21 - 15 = <<21-15=6>>6`; whenever the model opens `<<` and writes an
+expression up to `=`, generation pauses, the sandbox evaluates the expression, and its value plus `>>` are
+appended before generation continues. The model still chooses what to compute; only the arithmetic is taken
+out of its hands. Works through either backend (each pause is a new generate call on the extended text).
+"""
+import dataclasses
+import re
+
+from ..data import Problem
+from ..prompts import render
+from ..sandbox import run_program
+from .cot import grade
+
+_EXPRESSION = re.compile(r"[\d\s.+\-*/()%]+")  # what the calculator accepts: arithmetic on numbers only
+
+
+def solve(problem: Problem, backend, template: str, gen) -> dict:
+    if gen.n != 1:
+        from ..config import UserError
+
+        raise UserError("--method calculator decodes one completion per problem (--samples 1)")
+    prompt = render(template, question=problem.question)
+    text, calls, n_tokens, latency, truncated = "", [], 0, 0.0, False
+    inside = False  # after an unclosed "<<": the model is writing an expression
+    while True:
+        budget = gen.max_new_tokens - n_tokens
+        if budget <= 0:
+            truncated = True
+            break
+        stop = ("=", ">>", *gen.stop) if inside else ("<<", *gen.stop)
+        [c] = backend.generate(prompt + text, dataclasses.replace(gen, max_new_tokens=budget, stop=stop))
+        n_tokens, latency = n_tokens + len(c.token_ids), latency + c.latency_s
+        text += c.text
+        if c.stop == "<<":
+            text, inside = text + "<<", True
+        elif c.stop == "=" and inside:
+            expression = text[text.rindex("<<") + 2:]
+            value = _calculate(expression)
+            calls.append({"expression": expression, "value": value})
+            text, inside = text + "=" + (f"{value}>>{value}" if value is not None else ""), value is None
+        elif c.stop == ">>" and inside:
+            text, inside = text + ">>", False
+        else:  # a stop string of the prompt, end of sequence, or the token limit
+            truncated = c.truncated
+            break
+    record = grade([text], problem, prompt, backend)
+    return {**record, "calculator_calls": calls, "truncated": [truncated], "n_completion_tokens": [n_tokens],
+            "latency_s": round(latency, 3)}
+
+
+def _calculate(expression: str):
+    """The expression's value as the exemplars write numbers (integers without '.0'), or None if it is not
+    plain arithmetic or fails (then the model finishes the annotation itself)."""
+    if not _EXPRESSION.fullmatch(expression) or not expression.strip():
+        return None
+    result = run_program(f"def solution():\n    return {expression.strip()}\n", timeout_s=2)
+    if not result.ok:
+        return None
+    value = float(result.value)
+    return str(int(value)) if value.is_integer() else f"{round(value, 6):g}"
