@@ -23,14 +23,20 @@ from typing import List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_P2P = dict(  # passed to every hivemind DHT we start, server or client
-    host_maddrs=["/ip4/127.0.0.1/tcp/0"],  # listen on loopback only
-    announce_maddrs=None,  # announce what we listen on
-    nat_port_map=False,  # no UPnP/NAT-PMP packets to the LAN
-    auto_nat=False,  # no AutoNAT service
-    use_relay=False,  # no circuit relays: every peer is directly reachable on loopback
-    use_auto_relay=False,  # do not look for relays
-)
+def p2p_settings(host: str = "127.0.0.1", port: int = 0, public_ip: Optional[str] = None) -> dict:
+    """hivemind p2p settings for every DHT we start, server or client. The defaults are loopback-only; a GPU
+    node of a private swarm listens on `host:port` and announces `public_ip:port` to the other nodes."""
+    return dict(
+        host_maddrs=[f"/ip4/{host}/tcp/{port}"],
+        announce_maddrs=[f"/ip4/{public_ip}/tcp/{port}"] if public_ip else None,  # None: what we listen on
+        nat_port_map=False,  # no UPnP/NAT-PMP packets to the LAN
+        auto_nat=False,  # no AutoNAT service
+        use_relay=False,  # no circuit relays: every peer is directly reachable
+        use_auto_relay=False,  # do not look for relays
+    )
+
+
+LOOPBACK_P2P = p2p_settings()
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -54,11 +60,11 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
-def run_dht(peers_file: Path, identity_path: Optional[str]) -> None:
+def run_dht(peers_file: Path, identity_path: Optional[str], p2p: dict = LOOPBACK_P2P) -> None:
     from hivemind import DHT
 
     _interrupt_on_sigterm()
-    dht = DHT(start=True, initial_peers=[], identity_path=identity_path, **LOOPBACK_P2P)
+    dht = DHT(start=True, initial_peers=[], identity_path=identity_path, **p2p)
     try:
         addrs = [str(a) for a in dht.get_visible_maddrs()]
         tmp = peers_file.with_suffix(".tmp")
@@ -73,20 +79,23 @@ def run_dht(peers_file: Path, identity_path: Optional[str]) -> None:
         dht.shutdown()
 
 
-def run_server(model: str, block_indices: str, initial_peers: Sequence[str], dht_prefix: str,
-               throughput: float, torch_dtype: str, device: str) -> None:
+def run_server(model: str, block_indices: Optional[str], initial_peers: Sequence[str], dht_prefix: str,
+               throughput: float, torch_dtype: str, device: str, num_blocks: Optional[int] = None,
+               quant_type: str = "none", p2p: dict = LOOPBACK_P2P) -> None:
     from petals.server.server import Server
+    from petals.utils.convert_block import QuantType
 
     _interrupt_on_sigterm()
     if not initial_peers:
         raise SystemExit("error: --initial-peers is empty; refusing to join the public swarm")
     server = Server(
         converted_model_name_or_path=model, dht_prefix=dht_prefix, block_indices=block_indices,
-        initial_peers=list(initial_peers), throughput=throughput,  # numeric: no internet speed test
-        torch_dtype=torch_dtype, device=device,
+        num_blocks=num_blocks, initial_peers=list(initial_peers),
+        throughput=throughput,  # numeric: no internet speed test
+        torch_dtype=torch_dtype, device=device, quant_type=QuantType[quant_type.upper()],
         reachable_via_relay=False,  # skip the reachability probe
         skip_reachability_check=True,  # never call the public health service
-        **LOOPBACK_P2P,
+        **p2p,
     )  # and no petals.utils.version.validate_version(): that is what calls PyPI at start
     try:
         server.run()
@@ -236,17 +245,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gsmswarm.swarm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="role", required=True)
-    d = sub.add_parser("dht", help="run a DHT bootstrap peer on 127.0.0.1")
+    d = sub.add_parser("dht", help="run a DHT bootstrap peer (127.0.0.1 unless --host)")
     d.add_argument("--peers-file", type=Path, required=True, help="where to write this peer's multiaddrs")
     d.add_argument("--identity-path", default=None, help="private key file: fixes the peer id across restarts")
-    s = sub.add_parser("server", help="serve some blocks of MODEL on 127.0.0.1")
+    s = sub.add_parser("server", help="serve some blocks of MODEL (127.0.0.1 unless --host)")
     s.add_argument("model", help="local model folder (or hub id)")
-    s.add_argument("--block-indices", required=True, help="half-open range of blocks, e.g. 0:15")
+    blocks = s.add_mutually_exclusive_group(required=True)
+    blocks.add_argument("--block-indices", help="half-open range of blocks, e.g. 0:15")
+    blocks.add_argument("--num-blocks", type=int, help="serve this many blocks, chosen where the swarm needs them")
     s.add_argument("--initial-peers", nargs="+", required=True, help="multiaddrs of the DHT bootstrap peer")
     s.add_argument("--dht-prefix", required=True, help="model name under which blocks are announced")
     s.add_argument("--throughput", type=float, default=1.0, help="announced throughput (numeric: no speed test)")
     s.add_argument("--torch-dtype", default="float32", help="float32 keeps swarm and local outputs identical")
+    s.add_argument("--quant-type", default="none", choices=["none", "int8", "nf4"], help="weight quantization (GPU)")
     s.add_argument("--device", default="cpu")
+    for p in (d, s):
+        p.add_argument("--host", default="127.0.0.1", help="IPv4 address to listen on (0.0.0.0 on a GPU node)")
+        p.add_argument("--port", type=int, default=0, help="TCP port to listen on (0: any free port)")
+        p.add_argument("--public-ip", default=None, help="address other nodes reach this one at (GPU node)")
     loc = sub.add_parser("local", help="a whole swarm (DHT + servers) on 127.0.0.1, until Ctrl-C")
     loc.add_argument("--model", default="smollm2-135m", help="embedded model name, local folder or hub id")
     loc.add_argument("--num-servers", type=int, default=2, help="servers that split the blocks")
@@ -254,13 +270,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.update(OFFLINE_ENV)
-    if args.role == "dht":
-        run_dht(args.peers_file, args.identity_path)
-    elif args.role == "local":
+    if args.role == "local":
         run_local(args.model, args.num_servers, args.workdir)
+        return
+    p2p = p2p_settings(args.host, args.port, args.public_ip)
+    if args.role == "dht":
+        run_dht(args.peers_file, args.identity_path, p2p)
     else:
         run_server(args.model, args.block_indices, args.initial_peers, args.dht_prefix, args.throughput,
-                   args.torch_dtype, args.device)
+                   args.torch_dtype, args.device, args.num_blocks, args.quant_type, p2p)
 
 
 if __name__ == "__main__":

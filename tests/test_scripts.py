@@ -24,9 +24,37 @@ def test_dry_runs_print_the_commands():
     assert "-m gsmswarm run --backend petals --model m --method cot --limit 5" in client.stderr
 
 
-def test_scripts_refuse_unknown_or_unsupported_flags():
+def test_scripts_refuse_unknown_flags_and_the_public_swarm_by_default():
     assert sh("server_run.sh", "--bogus").returncode == 2
-    assert "only --local" in sh("server_run.sh").stderr
+    assert "--model is required" in sh("server_run.sh").stderr
+    no_peers = sh("server_run.sh", "--model", "m", "--public-ip", "192.0.2.1", "--dry-run", env={"INITIAL_PEERS": ""})
+    assert no_peers.returncode == 2 and "--public is the only way to the public swarm" in no_peers.stderr
+    no_ip = sh("server_run.sh", "--model", "m", "--new-swarm", "--dry-run")
+    assert no_ip.returncode == 2 and "--public-ip is required" in no_ip.stderr
+    assert sh("client_run.sh", "--setup", "gpu").returncode == 2
+
+
+def test_gpu_node_dry_runs_print_a_private_swarm():
+    first = sh("server_run.sh", "--model", "org/Llama-7b", "--new-swarm", "--public-ip", "192.0.2.1",
+               "--num-blocks", "16", "--quant-type", "nf4", "--dry-run")
+    assert first.returncode == 0, first.stderr
+    assert ("-m gsmswarm.swarm dht --peers-file .cache/swarm/initial_peers.txt --identity-path .cache/swarm/dht.id "
+            "--host 0.0.0.0 --port 31336 --public-ip 192.0.2.1 &") in first.stderr
+    assert ("-m gsmswarm.swarm server org/Llama-7b --num-blocks 16 --initial-peers /ip4/192.0.2.1/tcp/31336/p2p/"
+            in first.stderr)
+    assert "--dht-prefix Llama-7b --torch-dtype float16 --quant-type nf4 --device cuda" in first.stderr
+    assert first.stdout.startswith('export INITIAL_PEERS="/ip4/192.0.2.1/tcp/31336/p2p/')
+    peers = "/ip4/192.0.2.1/tcp/31336/p2p/QmX"
+    second = sh("server_run.sh", "--model", "org/Llama-7b", "--public-ip", "192.0.2.2", "--block-indices", "0:16",
+                "--docker", "--dry-run", env={"INITIAL_PEERS": peers})
+    assert second.returncode == 0, second.stderr
+    assert "docker run --rm --gpus all --ipc host -p 31337:31337" in second.stderr
+    assert (f"learningathome/petals:main python -m gsmswarm.swarm server org/Llama-7b --block-indices 0:16 "
+            f"--initial-peers {peers}") in second.stderr
+    public = sh("server_run.sh", "--public", "--model", "org/Llama-7b", "--dry-run")
+    assert public.returncode == 0 and "-m petals.cli.run_server org/Llama-7b" in public.stderr
+    setup = sh("client_run.sh", "--dry-run", "--setup", "cuda")
+    assert setup.returncode == 0 and "+ bash install.sh" in setup.stderr and "torch==2.13.0 --index-url" in setup.stderr
 
 
 def test_server_run_local_serves_and_stops_on_sigint(tmp_path):
