@@ -260,18 +260,27 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
         raise UserError("--initial-peers is empty: refusing to default to the public swarm")
 
     class ClientDHT(DHT):
-        """hivemind's DHT with our p2p settings (no NAT port mapping, no AutoNAT, loopback listen address)."""
+        """hivemind's DHT with our p2p settings (no NAT port mapping, no AutoNAT, loopback listen address),
+        and a bounded wait for its forked process: once in a long test session it died at start, and
+        hivemind then waits forever."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **{**LOOPBACK_P2P, **kwargs})
 
+        def run_in_background(self, await_ready: bool = True, timeout: Optional[float] = None) -> None:
+            super().run_in_background(await_ready=await_ready, timeout=timeout or 60)
+
     # Petals' client builds its DHT inside the model constructor with hivemind's defaults and offers no
     # option to change them, so the class it instantiates is swapped for the duration of the load.
     original, sequence_manager.DHT = sequence_manager.DHT, ClientDHT
+    load = lambda: AutoDistributedModelForCausalLM.from_pretrained(  # noqa: E731
+        model_path, initial_peers=list(initial_peers), dht_prefix=dht_prefix or dht_prefix_for(model_path),
+        daemon_startup_timeout=30, torch_dtype=torch.float32)
     try:
-        model = AutoDistributedModelForCausalLM.from_pretrained(
-            model_path, initial_peers=list(initial_peers), dht_prefix=dht_prefix or dht_prefix_for(model_path),
-            daemon_startup_timeout=30, torch_dtype=torch.float32)
+        try:
+            model = load()
+        except TimeoutError:  # the DHT process did not come up: one more try with a fresh one
+            model = load()
     except P2PDaemonError as e:
         raise UserError(f"cannot reach the swarm at {' '.join(initial_peers)}: {str(e).splitlines()[0]}") from None
     finally:
