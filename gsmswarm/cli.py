@@ -26,8 +26,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, only: Sequence[str] = ()) -> None:
     for f in dataclasses.fields(cls):
+        if only and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = typing.get_args(f.type)[0] if typing.get_origin(f.type) in (typing.Union, tuple) else f.type
         text = f.metadata["help"]
@@ -185,10 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
     _add_dataclass_flags(p_tune, TuningConfig)
     p_index = sub.add_parser("build-index", help="build (or check) the Chroma index of training problems for rag")
-    for name in ("embedder", "index_dir", "rebuild_index"):
-        f = next(f for f in dataclasses.fields(RunConfig) if f.name == name)
-        p_index.add_argument("--" + name.replace("_", "-"), default=f.default, help=f.metadata["help"],
-                             **({"action": "store_true"} if f.type is bool else {}))
+    _add_dataclass_flags(p_index, RunConfig, only=("embedder", "index_dir", "rebuild_index"))
     sub.add_parser("convert", help="convert the embedded GGUF model once and print its folder")
     args = parser.parse_args(argv)
 
@@ -205,7 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "build-index":
             from .retrieval import open_index
 
-            index = open_index(args.embedder, args.index_dir, args.rebuild_index)
+            config = _build(RunConfig, args)
+            index = open_index(config.embedder, config.index_dir, config.rebuild_index)
             print(f"index: {len(index)} training problems in {index.store_dir}")
             return 0
         if args.command == "summarize":

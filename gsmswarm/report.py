@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 from .answers import FILTERS
 from .errors import taxonomy
 from .metrics import accuracy, maj_curve, paired
-from .results import read_records, write_summary
+from .results import read_records, write_json
 
 
 def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
@@ -28,7 +28,7 @@ def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
         "truncated_rate": (sum(sum(r["truncated"]) for r in records) / sum(len(r["truncated"]) for r in records)
                            if records else 0.0),
     }
-    write_summary(path.with_name(path.stem + ".summary.json"), summary)  # not with_suffix: "t0.7" has a dot
+    write_json(path.with_name(path.stem + ".summary.json"), summary)  # not with_suffix: "t0.7" has a dot
     return summary
 
 

@@ -14,16 +14,20 @@ from .config import REPO_DIR, UserError
 
 
 
+def model_short(model: str) -> str:
+    """A model's name in run names: the last part of its path or hub id, lower case."""
+    return Path(model.rstrip("/")).name.lower()
+
+
 def run_name(config, gen) -> str:
     """`<method>__<backend>__<model>__<prompt>[+<soft prompt>][@k<k>-<order>]__<split>__n<n>__t<temp>__s<seed>`
     (`config`: RunConfig, `gen`: GenerationConfig): the file name says the config."""
-    model_short = Path(config.model.rstrip("/")).name.lower()
     prompt = config.prompt
     if config.soft_prompt:
         prompt += "+" + Path(config.soft_prompt.rstrip("/")).name
     if config.method == "rag":
         prompt += f"@k{config.rag_k}-{config.rag_order}"
-    return (f"{config.method}__{config.backend}__{model_short}__{prompt}__{config.split}__n{gen.n}"
+    return (f"{config.method}__{config.backend}__{model_short(config.model)}__{prompt}__{config.split}__n{gen.n}"
             f"__t{gen.temperature:g}__s{gen.seed}")
 
 
@@ -103,9 +107,10 @@ class ResultsWriter:
         self.close()
 
 
-def write_summary(path: Path, summary: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """Write a JSON file atomically: readers see the old file or the new one, never half of it."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)
 
 

@@ -58,7 +58,10 @@ def content_hash(embedder_name: str, embedder_path: str, n_problems: int) -> str
     h = hashlib.sha256(f"v{INDEX_VERSION}|{embedder_name}|{n_problems}|".encode())
     h.update(sha256_file(DATA_DIR / "train.jsonl").encode())
     weights = Path(embedder_path) / "model.safetensors"
-    h.update((sha256_file(weights) if weights.exists() else embedder_path).encode())
+    if embedder_name in EMBEDDERS:  # resolve_embedder has checked the weights against this sha256
+        h.update(EMBEDDERS[embedder_name][1].encode())
+    else:
+        h.update((sha256_file(weights) if weights.exists() else embedder_path).encode())
     return h.hexdigest()[:16]
 
 

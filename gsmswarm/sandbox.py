@@ -44,7 +44,7 @@ class SandboxResult:
         return self.verdict == "ok"
 
 
-def check_program(source: str, entry: str = "solution") -> Optional[str]:
+def check_program(source: str) -> Optional[str]:
     """None if the program passes the static fence, else why not (one line)."""
     if len(source) > MAX_SOURCE_CHARS:
         return f"program longer than {MAX_SOURCE_CHARS} characters"
@@ -65,8 +65,8 @@ def check_program(source: str, entry: str = "solution") -> Optional[str]:
             return f"line {node.lineno}: name {node.id!r} is not allowed"
         elif isinstance(node, (ast.Global, ast.Nonlocal, ast.AsyncFunctionDef, ast.Await, ast.ClassDef)):
             return f"line {node.lineno}: {type(node).__name__} is not allowed"
-    if not any(isinstance(n, ast.FunctionDef) and n.name == entry for n in tree.body):
-        return f"no top-level function {entry}()"
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "solution" for n in tree.body):
+        return "no top-level function solution()"
     return None
 
 
@@ -117,14 +117,12 @@ os._exit(0)
 
 
 def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 256, max_print_chars: int = 10_000,
-                entry: str = "solution", static_check: bool = True) -> SandboxResult:
+                static_check: bool = True) -> SandboxResult:
     """Check, then run `source` in a fresh limited child and call `solution()`. Never raises.
     `static_check=False` skips the AST fence, so tests can show that the process fence holds on its own."""
-    reason = check_program(source, entry) if static_check else None
+    reason = check_program(source) if static_check else None
     if reason:
         return SandboxResult("refused", error=reason)
-    if entry != "solution":
-        source += f"\nsolution = {entry}\n"
     cpu = max(1, int(timeout_s))
     try:
         proc = subprocess.Popen(

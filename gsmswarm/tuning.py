@@ -183,8 +183,9 @@ class Tunable:
 
 
 def run_name(config: TuningConfig) -> str:
-    model_short = Path(config.model.rstrip("/")).name.lower()
-    return config.name or (f"{config.tuning_mode}__{config.backend}__{model_short}__v{config.num_virtual_tokens}"
+    from .results import model_short
+
+    return config.name or (f"{config.tuning_mode}__{config.backend}__{model_short(config.model)}__v{config.num_virtual_tokens}"
                            f"__s{config.seed}")
 
 
@@ -219,7 +220,7 @@ def train(config: TuningConfig) -> Path:
     from .backends import open_backend
     from .config import CACHE_DIR
     from .convert import resolve_model
-    from .results import git_commit
+    from .results import git_commit, write_json
 
     name = run_name(config)
     folder = Path(config.output_dir) / name
@@ -255,11 +256,11 @@ def train(config: TuningConfig) -> Path:
             start, best = checkpoint["step"], checkpoint["best"]
             print(f"resuming {folder} at step {start} of {config.steps}", file=sys.stderr)
         old = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).exists() else {}
-        commits = old.get("commits", [])  # every commit that ran steps of this prompt, in order
-        if start < config.steps and git_commit() not in commits:
-            commits.append(git_commit())
+        commits, commit = old.get("commits", []), git_commit()  # every commit that ran steps, in order
+        if start < config.steps and commit not in commits:
+            commits.append(commit)
         info = {**meta, "commits": commits, "model_path": str(model_path), "n_train": len(train_problems)}
-        _write_config(folder, {**info, "best": best})
+        write_json(folder / CONFIG_FILE, {**info, "best": best})
         encode = lambda p: encode_example(p, template, tok, config.max_length)  # noqa: E731
         dev_examples = [encode(p) for p in dev_problems]
         log = _TrainLog(folder / LOG_FILE, keep_until=start)
@@ -298,14 +299,8 @@ def train(config: TuningConfig) -> Path:
             log.close()
             raise
         log.close()
-        _write_config(folder, {**info, "best": best})
+        write_json(folder / CONFIG_FILE, {**info, "best": best})
     return folder
-
-
-def _write_config(folder: Path, config: dict) -> None:
-    tmp = folder / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(folder / CONFIG_FILE)
 
 
 def _write_checkpoint(folder: Path, meta: dict, step: int, prompt: SoftPrompt, optimizer, best: dict) -> None:

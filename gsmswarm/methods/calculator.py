@@ -7,6 +7,8 @@ out of its hands. Works through either backend (each pause is a new generate cal
 import dataclasses
 import re
 
+from ..answers import INVALID, number_answer
+from ..config import UserError
 from ..data import Problem
 from ..prompts import render
 from ..sandbox import run_program
@@ -17,8 +19,6 @@ _EXPRESSION = re.compile(r"[\d\s.+\-*/()%]+")  # what the calculator accepts: ar
 
 def solve(problem: Problem, backend, template: str, gen) -> dict:
     if gen.n != 1:
-        from ..config import UserError
-
         raise UserError("--method calculator decodes one completion per problem (--samples 1)")
     prompt = render(template, question=problem.question)
     text, calls, n_tokens, latency, truncated = "", [], 0, 0.0, False
@@ -50,12 +50,10 @@ def solve(problem: Problem, backend, template: str, gen) -> dict:
 
 
 def _calculate(expression: str):
-    """The expression's value as the exemplars write numbers (integers without '.0'), or None if it is not
+    """The expression's value written as answers are (no '.0', at most 6 decimals), or None if it is not
     plain arithmetic or fails (then the model finishes the annotation itself)."""
     if not _EXPRESSION.fullmatch(expression) or not expression.strip():
         return None
     result = run_program(f"def solution():\n    return {expression.strip()}\n", timeout_s=2)
-    if not result.ok:
-        return None
-    value = float(result.value)
-    return str(int(value)) if value.is_integer() else f"{round(value, 6):g}"
+    value = number_answer(result.value) if result.ok else INVALID
+    return None if value == INVALID else value
