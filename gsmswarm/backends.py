@@ -6,6 +6,7 @@ Sampling several completions locally uses a loop of its own that shares the prom
 `Backend._sample_shared_prompt`).
 """
 import contextlib
+import gc
 import sys
 import time
 from dataclasses import dataclass
@@ -260,15 +261,26 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
         raise UserError("--initial-peers is empty: refusing to default to the public swarm")
 
     class ClientDHT(DHT):
-        """hivemind's DHT with our p2p settings (no NAT port mapping, no AutoNAT, loopback listen address),
-        and a bounded wait for its forked process: once in a long test session it died at start, and
-        hivemind then waits forever."""
+        """hivemind's DHT with our p2p settings (no NAT port mapping, no AutoNAT, loopback listen address).
+
+        Its process is forked from ours, and a forked child that garbage-collects an object inherited from
+        us can hang forever: a Chroma client that was garbage at fork time stops its Rust runtime on
+        collection and waits for threads that do not exist in the child (seen in CI after the retrieval
+        tests; every DHT request then waited forever). So the parent's objects are frozen (exempt from
+        collection) across the fork, as the `gc.freeze` docs advise for fork-based servers. The wait for
+        the process to come up is bounded too."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **{**LOOPBACK_P2P, **kwargs})
 
         def run_in_background(self, await_ready: bool = True, timeout: Optional[float] = None) -> None:
-            super().run_in_background(await_ready=await_ready, timeout=timeout or 60)
+            gc.freeze()
+            try:
+                self.start()
+            finally:
+                gc.unfreeze()
+            if await_ready:
+                self.wait_until_ready(timeout or 60)
 
     # Petals' client builds its DHT inside the model constructor with hivemind's defaults and offers no
     # option to change them, so the class it instantiates is swapped for the duration of the load.
