@@ -6,7 +6,6 @@ Sampling several completions locally uses a loop of its own that shares the prom
 `Backend._sample_shared_prompt`).
 """
 import contextlib
-import gc
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,16 @@ class _StopOnStrings:
     def __call__(self, input_ids, scores, **kwargs) -> bool:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:])
         return all(any(s in t for s in self.stop) for t in texts)
+
+
+# The Petals client's defaults retry a failed step forever (max_retries=None) and wait 180 s per request;
+# a run should instead stop with a clear error and resume later. Failover to another server holding the
+# same blocks takes one retry.
+PETALS_CLIENT = dict(max_retries=4, request_timeout=60, daemon_startup_timeout=30)
+
+
+class BackendError(Exception):
+    """The swarm failed a generation after the client's retries (servers gone, no route, timeouts)."""
 
 
 class Backend:
@@ -73,8 +82,15 @@ class Backend:
         with torch.inference_mode(), self._deep_prompt_hooks():
             if gen.n > 1 and self.name == "local":
                 rows = self._sample_shared_prompt(ids, gen)
-            else:
+            elif self.name == "local":
                 rows = self._generate_batch(ids, gen)
+            else:
+                try:
+                    rows = self._generate_batch(ids, gen)
+                except Exception as e:
+                    detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    raise BackendError(f"the swarm failed after {PETALS_CLIENT['max_retries']} tries: "
+                                       f"{type(e).__name__} {detail}".rstrip()) from e
         latency = (time.perf_counter() - start) / gen.n
         return [self._finish(row, gen, latency) for row in rows]
 
@@ -254,31 +270,22 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
     from petals.client.routing import sequence_manager
 
     from . import petals_patches
-    from .swarm import LOOPBACK_P2P, dht_prefix_for
+    from .swarm import LOOPBACK_P2P, dht_prefix_for, gc_frozen
 
     petals_patches.apply()
     if not initial_peers:
         raise UserError("--initial-peers is empty: refusing to default to the public swarm")
 
     class ClientDHT(DHT):
-        """hivemind's DHT with our p2p settings (no NAT port mapping, no AutoNAT, loopback listen address).
-
-        Its process is forked from ours, and a forked child that garbage-collects an object inherited from
-        us can hang forever: a Chroma client that was garbage at fork time stops its Rust runtime on
-        collection and waits for threads that do not exist in the child (seen in CI after the retrieval
-        tests; every DHT request then waited forever). So the parent's objects are frozen (exempt from
-        collection) across the fork, as the `gc.freeze` docs advise for fork-based servers. The wait for
-        the process to come up is bounded too."""
+        """hivemind's DHT with our p2p settings (no NAT port mapping, no AutoNAT, loopback listen address),
+        forked with the garbage collector frozen, and a bounded wait for its process to come up."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **{**LOOPBACK_P2P, **kwargs})
 
         def run_in_background(self, await_ready: bool = True, timeout: Optional[float] = None) -> None:
-            gc.freeze()
-            try:
+            with gc_frozen():
                 self.start()
-            finally:
-                gc.unfreeze()
             if await_ready:
                 self.wait_until_ready(timeout or 60)
 
@@ -287,7 +294,7 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
     original, sequence_manager.DHT = sequence_manager.DHT, ClientDHT
     load = lambda: AutoDistributedModelForCausalLM.from_pretrained(  # noqa: E731
         model_path, initial_peers=list(initial_peers), dht_prefix=dht_prefix or dht_prefix_for(model_path),
-        daemon_startup_timeout=30, torch_dtype=torch.float32)
+        torch_dtype=torch.float32, **PETALS_CLIENT)
     try:
         try:
             model = load()

@@ -56,7 +56,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     """Solve every not-yet-solved problem of the split, appending records; return the run's summary."""
     from tqdm import tqdm
 
-    from .backends import open_backend
+    from .backends import BackendError, open_backend
     from .convert import resolve_model
     from .data import load_split
     from .methods import SAMPLING_METHODS, get_method
@@ -106,7 +106,12 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
                     if soft_prompt is not None:
                         backend.set_soft_prompt(soft_prompt)
                     for problem in tqdm(todo, desc=name, unit="problem", dynamic_ncols=True):
-                        solved = method.solve(problem, backend, template, gen, **tools)
+                        try:
+                            solved = method.solve(problem, backend, template, gen, **tools)
+                        except BackendError as e:
+                            raise UserError(f"problem {problem.idx}: {e}; the {len(writer.done)} finished "
+                                            f"records in {path} are kept: rerun the same command to "
+                                            f"resume") from None
                         writer.write({**base, "idx": problem.idx, "question": problem.question,
                                       "gold": problem.gold, **solved, "error": None})
         finally:  # an interrupted run still gets a summary of what it finished

@@ -8,6 +8,12 @@ including that event-loop thread: there the finalizer waits for itself forever. 
 60 problems of a CoT run (py-spy: `__del__` inside `_step`'s `asyncio.wait_for`; the server timed out the
 stream five minutes later; the client never recovered). Fix: inside the loop thread, schedule the close as
 a task instead of waiting for it.
+
+Unbounded route wait. `RemoteSequenceManager.make_sequence` waits for its routing thread with `ready.wait()`
+and no timeout. When the client's DHT cannot answer (its process hung or died), that thread only logs and
+tries again every `update_period`, so the caller waits forever and Petals' own retry limit (`max_retries`)
+never applies: CI sat there for 80 minutes. Fix: wait at most `request_timeout`, then raise, which the
+inference and forward loops count as one failed attempt.
 """
 import logging
 import threading
@@ -22,6 +28,7 @@ def apply() -> None:
         return
     from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
     from petals.client.inference_session import _ServerInferenceSession
+    from petals.client.routing.sequence_manager import RemoteSequenceManager
 
     original_del = _ServerInferenceSession.__del__
 
@@ -41,4 +48,14 @@ def apply() -> None:
         original_del(self)
 
     _ServerInferenceSession.__del__ = __del__
+
+    original_update = RemoteSequenceManager.update
+
+    def update(self, *, wait: bool) -> None:
+        original_update(self, wait=False)
+        if wait and not self.ready.wait(self.config.request_timeout):
+            raise TimeoutError(f"no route through the swarm within {self.config.request_timeout:.0f} s: "
+                               f"the client's DHT did not list the servers")
+
+    RemoteSequenceManager.update = update
     _applied = True

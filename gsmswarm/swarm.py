@@ -11,6 +11,8 @@ Everything started here overrides each of those; `LOOPBACK_P2P` is the one place
     python -m gsmswarm.swarm local --model smollm2-135m --num-servers 2   # both, until Ctrl-C
 """
 import argparse
+import contextlib
+import gc
 import logging
 import os
 import re
@@ -38,6 +40,20 @@ def p2p_settings(host: str = "127.0.0.1", port: int = 0, public_ip: Optional[str
 
 LOOPBACK_P2P = p2p_settings()
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@contextlib.contextmanager
+def gc_frozen():
+    """Fork hivemind's DHT process inside this. A forked child that garbage-collects an object inherited from
+    its parent can hang forever: a Chroma client that was garbage at fork time stops its Rust runtime when
+    collected and waits for threads that do not exist after fork (CI hung so after the retrieval tests;
+    every DHT request then waited forever). Frozen objects are exempt from collection, in the child too, as
+    the `gc.freeze` docs advise for fork-based servers."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def dht_prefix_for(model: str) -> str:
@@ -174,7 +190,8 @@ class LoopbackSwarm:
         from petals.utils.dht import get_remote_module_infos
 
         uids = [f"{self.dht_prefix}.{i}" for i in range(self.num_blocks)]
-        dht = DHT(start=True, initial_peers=self.initial_peers, client_mode=True, **LOOPBACK_P2P)
+        with gc_frozen():
+            dht = DHT(start=True, initial_peers=self.initial_peers, client_mode=True, **LOOPBACK_P2P)
         try:
             while True:
                 self._check_alive()

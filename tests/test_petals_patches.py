@@ -32,3 +32,28 @@ def test_session_finalizer_inside_the_event_loop_does_not_deadlock():
     outside = Session()
     _ServerInferenceSession.__del__(outside)  # from any other thread the original close still runs
     assert closed == [True, True] and outside._outputs_stream is None
+
+
+def test_route_wait_is_bounded():
+    import threading
+    from types import SimpleNamespace
+
+    from petals.client.routing.sequence_manager import RemoteSequenceManager
+
+    petals_patches.apply()
+    # A sequence manager whose routing thread never becomes ready (the client's DHT does not answer).
+    manager = SimpleNamespace(ready=threading.Event(), _thread=SimpleNamespace(trigger=threading.Event()),
+                              config=SimpleNamespace(request_timeout=0.5))
+    raised = []
+
+    def call():
+        try:
+            RemoteSequenceManager.update(manager, wait=True)
+        except TimeoutError as e:
+            raised.append(e)
+
+    waiter = threading.Thread(target=call, daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)  # unpatched, the call never returns
+    assert not waiter.is_alive() and raised and "no route" in str(raised[0])
+    assert manager._thread.trigger.is_set()  # the routing thread was still asked to update
