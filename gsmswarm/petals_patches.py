@@ -14,6 +14,12 @@ and no timeout. When the client's DHT cannot answer (its process hung or died), 
 tries again every `update_period`, so the caller waits forever and Petals' own retry limit (`max_retries`)
 never applies: CI sat there for 80 minutes. Fix: wait at most `request_timeout`, then raise, which the
 inference and forward loops count as one failed attempt.
+
+Failover (upstream issue #587). When a server dies during generation, `InferenceSession._update_sequence`
+opens a session on a replacement server and hands it the failed session's input history, but not its
+position: the replacement starts at 0, its first step finds a history longer than position + new tokens,
+and every retry fails with "Broken input cache". Fix: the replacement also takes the failed session's
+position, so it sends the whole history once and rebuilds the attention cache.
 """
 import logging
 import threading
@@ -27,7 +33,7 @@ def apply() -> None:
     if _applied:
         return
     from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
-    from petals.client.inference_session import _ServerInferenceSession
+    from petals.client.inference_session import InferenceSession, _ServerInferenceSession
     from petals.client.routing.sequence_manager import RemoteSequenceManager
 
     original_del = _ServerInferenceSession.__del__
@@ -58,4 +64,14 @@ def apply() -> None:
                                f"the client's DHT did not list the servers")
 
     RemoteSequenceManager.update = update
+
+    original_update_sequence = InferenceSession._update_sequence
+
+    def _update_sequence(self, server_idx: int, block_idx: int, attempt_no: int):
+        failed = self._server_sessions[server_idx] if server_idx < len(self._server_sessions) else None
+        original_update_sequence(self, server_idx, block_idx, attempt_no)
+        if failed is not None:
+            self._server_sessions[server_idx]._position = failed._position
+
+    InferenceSession._update_sequence = _update_sequence
     _applied = True

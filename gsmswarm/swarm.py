@@ -130,12 +130,13 @@ class LoopbackSwarm:
     """
 
     def __init__(self, model: str, workdir: Path, num_servers: int = 2, timeout: float = 240,
-                 torch_dtype: str = "float32"):
+                 torch_dtype: str = "float32", block_ranges: Optional[Sequence[str]] = None):
+        """`block_ranges` (e.g. ["0:30", "0:30"]: two replicas) overrides the even split into `num_servers`."""
         from transformers import AutoConfig
 
         self.model, self.workdir, self.timeout = model, Path(workdir), timeout
         self.num_blocks = AutoConfig.from_pretrained(model).num_hidden_layers
-        self.block_ranges = split_blocks(self.num_blocks, num_servers)
+        self.block_ranges = list(block_ranges or split_blocks(self.num_blocks, num_servers))
         self.dht_prefix = dht_prefix_for(model)
         self.torch_dtype = torch_dtype
         self.procs: List[subprocess.Popen] = []

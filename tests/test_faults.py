@@ -1,5 +1,7 @@
 """Faults in a real loopback swarm of its own (the session's swarm stays whole for the other tests)."""
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +13,43 @@ from gsmswarm.swarm import LoopbackSwarm
 RUN = "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
 
 
+def _peer_ids(swarm):
+    """Server process by the peer id its log announces."""
+    peers = {}
+    for proc in swarm.procs:
+        if proc.name.startswith("server"):
+            text = (swarm.workdir / f"{proc.name}.log").read_text(errors="replace")
+            peers[re.search(r"Running a server on \[.*?/p2p/(\w+)", text).group(1)] = proc
+    return peers
+
+
+def _serving(swarm):
+    """The server that opened the newest inference session still open (its last log line about sessions is
+    an open); log lines start with a sortable time of day."""
+    candidates = []
+    for proc in swarm.procs:
+        if proc.name.startswith("server"):
+            lines = [line for line in (swarm.workdir / f"{proc.name}.log").read_text(errors="replace").splitlines()
+                     if "rpc_inference.open" in line or "rpc_inference.close" in line]
+            if lines and "rpc_inference.open" in lines[-1]:
+                candidates.append((lines[-1][:22], proc))
+    return max(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
+def _kill_group(proc):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "gsmswarm", *args]
+
+
 def _wait_for_records(path, n, proc, deadline_s):
     deadline = time.monotonic() + deadline_s
     while len(read_records(path)) < n:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert proc.poll() is None, f"the run exited with code {proc.returncode}"
         assert time.monotonic() < deadline, f"no {n} records in {deadline_s} s"
         time.sleep(0.5)
 
@@ -44,3 +79,81 @@ def test_losing_every_holder_of_a_block_stops_the_run_in_bounded_time_and_keeps_
     records = read_records(path)
     assert 1 <= len(records) < 6 and len({r["idx"] for r in records}) == len(records)
     print(f"run stopped {took:.0f} s after the last holder of blocks 15:30 died: {last}")
+
+
+def test_generation_fails_over_to_a_replica_with_the_same_tokens(model_path, local_backend, tmp_path):
+    """Two servers hold every block; the one serving the session dies mid-generation. Without the failover
+    fix (petals_patches) the retry on the replica fails with "Broken input cache" and the run gives up."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from gsmswarm.backends import load_backend
+
+    ids = local_backend.tokenizer("Q: Tom has 3 apples and buys 4 more. How many apples does he have?\nA:",
+                                  return_tensors="pt").input_ids
+    greedy = dict(max_new_tokens=20, do_sample=False, pad_token_id=local_backend.tokenizer.eos_token_id)
+    with torch.inference_mode():
+        expected = local_backend.model.generate(ids, **greedy)
+    with LoopbackSwarm(model_path, tmp_path / "swarm", block_ranges=["0:30", "0:30"]) as swarm:
+        servers = _peer_ids(swarm)
+        backend = load_backend("petals", model_path, swarm.initial_peers, swarm.dht_prefix)
+        killed = []
+
+        class KillTheServingServer(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                if input_ids.shape[1] == ids.shape[1] + 6 and not killed:
+                    session = backend.model.transformer.h.active_session
+                    peer = session._server_sessions[0].span.peer_id.to_base58()
+                    os.killpg(servers[peer].pid, signal.SIGKILL)
+                    killed.append(peer)
+                return scores
+
+        try:
+            with torch.inference_mode():
+                out = backend.model.generate(ids, **greedy, logits_processor=LogitsProcessorList([KillTheServingServer()]))
+        finally:
+            backend.close()
+    assert killed
+    assert out.tolist() == expected.tolist()
+
+
+def test_client_sigkill_and_server_death_lose_no_record(model_path, tmp_path):
+    """A CoT run is SIGKILLed after its first record, resumed, and loses the server serving it mid-problem:
+    the run completes with every record once, equal to an uninterrupted run on the local model (greedy)."""
+    out, ref = tmp_path / "results", tmp_path / "reference"
+    args = ["run", "--limit", "4", "--max-new-tokens", "48"]
+    path = out / "cot" / f"{RUN}.jsonl"
+    env = {**os.environ, "INITIAL_PEERS": ""}
+    with LoopbackSwarm(model_path, tmp_path / "swarm", block_ranges=["0:30", "0:30"]) as swarm:
+        peers = ["--initial-peers", *swarm.initial_peers]
+        # Output to files, not pipes: a SIGKILLed client's orphaned DHT process would hold a pipe open.
+        with open(tmp_path / "first.err", "w") as err:
+            client = subprocess.Popen(_cli(*args, "--output-dir", str(out), *peers), stdout=subprocess.DEVNULL,
+                                      stderr=err, env=env, start_new_session=True)
+            try:
+                _wait_for_records(path, 1, client, 300)
+            finally:
+                _kill_group(client)  # the client, its DHT process and its p2pd
+        with open(tmp_path / "resumed.err", "w") as err:
+            resumed = subprocess.Popen(_cli(*args, "--output-dir", str(out), *peers), stdout=subprocess.DEVNULL,
+                                       stderr=err, env=env, start_new_session=True)
+            try:
+                _wait_for_records(path, len(read_records(path)) + 1, resumed, 300)
+                deadline = time.monotonic() + 120
+                while (server := _serving(swarm)) is None and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert server is not None, "no server is serving the resumed run"
+                os.killpg(server.pid, signal.SIGKILL)
+                resumed.wait(timeout=500)
+            finally:
+                _kill_group(resumed)
+    stderr = (tmp_path / "resumed.err").read_text()
+    assert resumed.returncode == 0, stderr[-2000:]
+    assert "resuming" in stderr
+    reference = subprocess.run(_cli(*args, "--backend", "local", "--output-dir", str(ref)), capture_output=True,
+                               text=True, env=env, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    got = {r["idx"]: r["completions"] for r in read_records(path)}
+    want = {r["idx"]: r["completions"] for r in read_records(ref / "cot" / f"{RUN.replace('petals', 'local')}.jsonl")}
+    assert len(read_records(path)) == len(got) == 4
+    assert got == want
