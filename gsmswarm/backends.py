@@ -82,12 +82,12 @@ class Backend:
         with torch.inference_mode(), self._deep_prompt_hooks():
             if gen.n > 1 and self.name == "local":
                 rows = self._sample_shared_prompt(ids, gen)
-            elif self.name == "local":
-                rows = self._generate_batch(ids, gen)
             else:
                 try:
                     rows = self._generate_batch(ids, gen)
                 except Exception as e:
+                    if self.name != "petals":
+                        raise
                     detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
                     raise BackendError(f"the swarm failed after {PETALS_CLIENT['max_retries']} tries: "
                                        f"{type(e).__name__} {detail}".rstrip()) from e

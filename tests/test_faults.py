@@ -13,26 +13,26 @@ from gsmswarm.swarm import LoopbackSwarm
 RUN = "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
 
 
-def _peer_ids(swarm):
-    """Server process by the peer id its log announces."""
-    peers = {}
+def _server_logs(swarm):
     for proc in swarm.procs:
         if proc.name.startswith("server"):
-            text = (swarm.workdir / f"{proc.name}.log").read_text(errors="replace")
-            peers[re.search(r"Running a server on \[.*?/p2p/(\w+)", text).group(1)] = proc
-    return peers
+            yield proc, (swarm.workdir / f"{proc.name}.log").read_text(errors="replace")
+
+
+def _peer_ids(swarm):
+    """Server process by the peer id its log announces."""
+    return {re.search(r"Running a server on \[.*?/p2p/(\w+)", text).group(1): proc
+            for proc, text in _server_logs(swarm)}
 
 
 def _serving(swarm):
     """The server that opened the newest inference session still open (its last log line about sessions is
     an open); log lines start with a sortable time of day."""
     candidates = []
-    for proc in swarm.procs:
-        if proc.name.startswith("server"):
-            lines = [line for line in (swarm.workdir / f"{proc.name}.log").read_text(errors="replace").splitlines()
-                     if "rpc_inference.open" in line or "rpc_inference.close" in line]
-            if lines and "rpc_inference.open" in lines[-1]:
-                candidates.append((lines[-1][:22], proc))
+    for proc, text in _server_logs(swarm):
+        lines = [line for line in text.splitlines() if "rpc_inference.open" in line or "rpc_inference.close" in line]
+        if lines and "rpc_inference.open" in lines[-1]:
+            candidates.append((lines[-1][:22], proc))
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
 
 
@@ -59,8 +59,8 @@ def test_losing_every_holder_of_a_block_stops_the_run_in_bounded_time_and_keeps_
     path = out / "cot" / f"{RUN}.jsonl"
     with LoopbackSwarm(model_path, tmp_path / "swarm", num_servers=2) as swarm:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gsmswarm", "run", "--backend", "petals", "--limit", "6", "--max-new-tokens",
-             "48", "--output-dir", str(out), "--initial-peers", *swarm.initial_peers],
+            _cli("run", "--backend", "petals", "--limit", "6", "--max-new-tokens", "48", "--output-dir", str(out),
+                 "--initial-peers", *swarm.initial_peers),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "INITIAL_PEERS": ""})
         try:
             _wait_for_records(path, 1, proc, 300)
