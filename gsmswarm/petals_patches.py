@@ -20,6 +20,12 @@ opens a session on a replacement server and hands it the failed session's input 
 position: the replacement starts at 0, its first step finds a history longer than position + new tokens,
 and every retry fails with "Broken input cache". Fix: the replacement also takes the failed session's
 position, so it sends the whole history once and rebuilds the attention cache.
+
+Stale routes after a failure. `RemoteSequenceManager.on_request_failure` removes the failed server from each
+block's server list but not from the spans the router searches (`spans_containing_block`, only rebuilt by the
+next full DHT update), so a retry may be routed to the dead server again, and with replicas of equal latency
+it often is: CI lost a failover run after all four attempts dialled the killed replica. Fix: rebuild the spans
+from the updated server lists right after the removal.
 """
 import logging
 import threading
@@ -74,4 +80,14 @@ def apply() -> None:
             self._server_sessions[server_idx]._position = failed._position
 
     InferenceSession._update_sequence = _update_sequence
+
+    original_on_request_failure = RemoteSequenceManager.on_request_failure
+
+    def on_request_failure(self, peer_id) -> None:
+        original_on_request_failure(self, peer_id)
+        info = self.state.sequence_info
+        with self.lock_changes:
+            info.spans_by_priority, info.spans_containing_block = info._sort_spans(info.block_infos)
+
+    RemoteSequenceManager.on_request_failure = on_request_failure
     _applied = True

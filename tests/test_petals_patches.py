@@ -57,3 +57,28 @@ def test_route_wait_is_bounded():
     waiter.join(timeout=10)  # unpatched, the call never returns
     assert not waiter.is_alive() and raised and "no route" in str(raised[0])
     assert manager._thread.trigger.is_set()  # the routing thread was still asked to update
+
+
+def test_a_failed_server_leaves_the_route_search_at_once():
+    import threading
+    from types import SimpleNamespace
+
+    from hivemind import PeerID
+    from petals.client.routing.sequence_info import RemoteSequenceInfo
+    from petals.client.routing.sequence_manager import RemoteSequenceManager
+    from petals.data_structures import RemoteModuleInfo, ServerInfo, ServerState
+
+    petals_patches.apply()
+    dead, alive = PeerID(b"dead-replica"), PeerID(b"live-replica")
+    uids = [f"model.{i}" for i in range(3)]
+    info = RemoteSequenceInfo.make_empty(uids)
+    info.update_([RemoteModuleInfo(uid, {peer: ServerInfo(ServerState.ONLINE, 1.0, start_block=0, end_block=3)
+                                         for peer in (dead, alive)}) for uid in uids])
+    blacklist = SimpleNamespace(register_failure=lambda peer: None)
+    manager = SimpleNamespace(state=SimpleNamespace(sequence_info=info, banned_peers=blacklist),
+                              lock_changes=threading.Lock(), ready=threading.Event(), update=lambda wait: None)
+
+    RemoteSequenceManager.on_request_failure(manager, dead)
+    # Unpatched, the router still finds the dead replica here and a retry may dial it again.
+    assert [[span.peer_id for span in spans] for spans in info.spans_containing_block] == [[alive]] * 3
+    assert [span.peer_id for span in info.spans_by_priority] == [alive]
