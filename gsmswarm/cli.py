@@ -52,6 +52,9 @@ def _build(cls, args: argparse.Namespace):
     return cls(**values)
 
 
+MAX_ERRORS_IN_A_ROW = 3
+
+
 def run(config: RunConfig, gen: GenerationConfig) -> dict:
     """Solve every not-yet-solved problem of the split, appending records; return the run's summary."""
     from tqdm import tqdm
@@ -93,7 +96,10 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
                     if config.method == "rag" else None)}
     summary = None
     with ResultsWriter(path) as writer:
-        todo = [p for p in problems if p.idx not in writer.done]
+        def failed(p) -> bool:
+            return bool(writer.done[p.idx].get("error"))
+
+        todo = [p for p in problems if p.idx not in writer.done or (config.retry_errors and failed(p))]
         if writer.done:
             _check_same_config(path, next(iter(writer.done.values())), base)
             print(f"resuming {path}: {len(problems) - len(todo)} of {len(problems)} problems already done",
@@ -105,19 +111,29 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
                                   config.num_servers, CACHE_DIR / "swarm" / name) as backend:
                     if soft_prompt is not None:
                         backend.set_soft_prompt(soft_prompt)
+                    in_a_row = 0  # consecutive backend errors: a few mean the swarm, not the problem, is broken
                     for problem in tqdm(todo, desc=name, unit="problem", dynamic_ncols=True):
+                        record = {**base, "idx": problem.idx, "question": problem.question, "gold": problem.gold}
                         try:
-                            solved = method.solve(problem, backend, template, gen, **tools)
+                            writer.write({**record, **method.solve(problem, backend, template, gen, **tools),
+                                          "error": None})
+                            in_a_row = 0
                         except BackendError as e:
-                            raise UserError(f"problem {problem.idx}: {e}; the {len(writer.done)} finished "
-                                            f"records in {path} are kept: rerun the same command to "
-                                            f"resume") from None
-                        writer.write({**base, "idx": problem.idx, "question": problem.question,
-                                      "gold": problem.gold, **solved, "error": None})
+                            writer.write({**record, "error": f"backend_error: {e}"})
+                            in_a_row += 1
+                            if in_a_row == MAX_ERRORS_IN_A_ROW:
+                                n_failed = sum(failed(p) for p in problems if p.idx in writer.done)
+                                raise UserError(
+                                    f"problem {problem.idx}: {e}; {in_a_row} problems in a row failed, so the run "
+                                    f"stops; {path} keeps {len(writer.done)} records ({n_failed} of them backend "
+                                    f"errors): rerun with --retry-errors to resume and retry those") from None
         finally:  # an interrupted run still gets a summary of what it finished
             records = [writer.done[p.idx] for p in problems if p.idx in writer.done]
             if records:
                 summary = summarize_run(path, records, {**as_dict(config), "gen": as_dict(gen)})
+    if summary and summary["n_backend_errors"]:
+        print(f"{summary['n_backend_errors']} problems are recorded as backend errors (not graded): rerun with "
+              f"--retry-errors to solve them again", file=sys.stderr)
     return summary
 
 
@@ -157,13 +173,13 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
 def summarize(output_dir: str) -> None:
     """Recompute every run's summary from its records; print the tables; write plots beside the runs."""
     from .report import (comparison_table, default_baseline, format_table, maj_table, plot_accuracy,
-                         plot_maj_curves, run_path, run_records, summarize_run)
-    from .results import load_runs
+                         plot_maj_curves, run_path, summarize_run)
+    from .results import load_runs, read_records
 
     runs = load_runs(output_dir)
     if not runs:
         raise UserError(f"--output-dir {output_dir}: no *.summary.json found")
-    runs = [{**summarize_run(run_path(r), run_records(r), r["config"]),
+    runs = [{**summarize_run(run_path(r), read_records(run_path(r)), r["config"]),
              "path": r["path"]} for r in runs]
     print(format_table(runs))
     baseline = default_baseline(runs)

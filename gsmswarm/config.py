@@ -87,6 +87,8 @@ class RunConfig(BackendConfig):
     index_dir: Optional[str] = _help("rag: Chroma store (default: .cache/chroma/<embedder>)", default=None)
     rebuild_index: bool = _help("rag: rebuild the index even if it looks current, replacing the directory",
                                 default=False)
+    retry_errors: bool = _help("solve again the problems recorded as backend errors (a resumed run skips them "
+                               "otherwise)", default=False)
 
     def __post_init__(self):
         super().__post_init__()

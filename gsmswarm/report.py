@@ -9,24 +9,28 @@ from typing import Dict, List, Optional
 from .answers import FILTERS
 from .errors import taxonomy
 from .metrics import accuracy, maj_curve, paired
-from .results import read_records, write_json
+from .results import graded, read_records, write_json
 
 
 def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
-    """Aggregates of one run: accuracy per filter, maj@k (sampled runs), error taxonomy, tokens, time."""
-    n_samples = min((len(r["completions"]) for r in records), default=0)
+    """Aggregates of one run: accuracy per filter, maj@k (sampled runs), error taxonomy, tokens, time.
+    Scores count graded records only: a backend error is neither right nor wrong, so it is reported apart
+    (`n_backend_errors`, and in the taxonomy) instead of lowering the accuracy."""
+    answered = graded(records)
+    n_samples = min((len(r["completions"]) for r in answered), default=0)
     summary = {
         "run_id": path.stem, "config": config,
         "commits": sorted({r["commit"] for r in records}),  # a resumed run may span commits
         "prompt_hash": records[-1]["prompt_hash"] if records else None,
         "n_samples": n_samples,
-        "metrics": {name: accuracy(records, name) for name in ("answer", *FILTERS)},
-        "maj_curve": maj_curve(records) if n_samples > 1 else None,
+        "metrics": {name: accuracy(answered, name) for name in ("answer", *FILTERS)},
+        "n_backend_errors": len(records) - len(answered),
+        "maj_curve": maj_curve(answered) if n_samples > 1 else None,
         "taxonomy": taxonomy(records),
-        "n_completion_tokens": sum(sum(r["n_completion_tokens"]) for r in records),
-        "generation_s": round(sum(r["latency_s"] for r in records), 1),
-        "truncated_rate": (sum(sum(r["truncated"]) for r in records) / sum(len(r["truncated"]) for r in records)
-                           if records else 0.0),
+        "n_completion_tokens": sum(sum(r["n_completion_tokens"]) for r in answered),
+        "generation_s": round(sum(r["latency_s"] for r in answered), 1),
+        "truncated_rate": (sum(sum(r["truncated"]) for r in answered) / sum(len(r["truncated"]) for r in answered)
+                           if answered else 0.0),
     }
     write_json(path.with_name(path.stem + ".summary.json"), summary)  # not with_suffix: "t0.7" has a dot
     return summary
@@ -42,14 +46,15 @@ def _ci(m: Dict[str, float]) -> str:
 
 
 def format_table(summaries: List[dict]) -> str:
-    """One line per run: accuracy with its 95% interval, both filters, invalid and truncated rates, speed."""
-    rows = [("run", "n", "acc", "95% CI", "strict", "flexible", "invalid", "trunc", "s/problem")]
+    """One line per run: accuracy with its 95% interval, both filters, invalid and truncated rates, speed, and
+    the problems recorded as backend errors (not graded)."""
+    rows = [("run", "n", "acc", "95% CI", "strict", "flexible", "invalid", "trunc", "s/problem", "errors")]
     for s in summaries:
         m = s["metrics"]["answer"]
         rows.append((s["run_id"], str(m["n"]), f"{m['accuracy']:.3f}", _ci(m),
                      f"{s['metrics']['strict']['accuracy']:.3f}", f"{s['metrics']['flexible']['accuracy']:.3f}",
                      f"{m['invalid_rate']:.2f}", f"{s['truncated_rate']:.2f}",
-                     f"{s['generation_s'] / max(m['n'], 1):.1f}"))
+                     f"{s['generation_s'] / max(m['n'], 1):.1f}", str(s.get("n_backend_errors", 0))))
     return _table(rows)
 
 
@@ -59,7 +64,8 @@ def run_path(summary: dict) -> Path:
 
 
 def run_records(summary: dict) -> List[dict]:
-    return read_records(run_path(summary))
+    """A run's graded records (backend errors left out): what every comparison and plot uses."""
+    return graded(read_records(run_path(summary)))
 
 
 def default_baseline(summaries: List[dict]) -> Optional[dict]:

@@ -1,7 +1,9 @@
 """Results: one JSON line per problem, appended and flushed as soon as it is solved, so a run can resume.
 
 A run's file is `<output_dir>/<method>/<run>.jsonl`; `<run>.summary.json` beside it holds the resolved
-config and the aggregates. A torn last line (the process died mid-write) is dropped on resume; any other
+config and the aggregates. A problem whose generation failed after the backend's retries is recorded with its
+`error` (and no completions), so it is neither lost nor graded; solving it again (`--retry-errors`) appends a
+new record for the same problem, and the last record of a problem is the one that counts. A torn last line (the process died mid-write) is dropped on resume; any other
 malformed line stops with an error naming file and line, and the file is left untouched.
 """
 import json
@@ -46,7 +48,8 @@ def git_commit() -> str:
 
 
 def read_records(path) -> List[dict]:
-    """Every complete record of a results file; UserError naming file:line for a malformed line."""
+    """The last complete record of each problem in a results file, in file order; UserError naming file:line
+    for a malformed line."""
     path, records = Path(path), []
     if not path.exists():
         return records
@@ -61,7 +64,12 @@ def read_records(path) -> List[dict]:
             if lineno == len(lines):  # no newline after it: a torn write of the last record
                 break
             raise UserError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or remove it") from None
-    return records
+    return list({r["idx"]: r for r in records}.values())
+
+
+def graded(records: List[dict]) -> List[dict]:
+    """The records that have an answer to grade: all but backend errors."""
+    return [r for r in records if not r.get("error")]
 
 
 class ResultsWriter:
@@ -90,7 +98,7 @@ class ResultsWriter:
                 f.truncate(start)  # only the unfinished last line goes
 
     def write(self, record: dict) -> None:
-        if record["idx"] in self.done:
+        if record["idx"] in self.done and not self.done[record["idx"]].get("error"):
             raise ValueError(f"problem {record['idx']} is already in {self.path}")
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
@@ -115,7 +123,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def records_frame(records: List[dict]):
-    """One row per problem: the columns the notebooks tabulate and plot."""
+    """One row per graded problem: the columns the notebooks tabulate and plot."""
     import pandas as pd
 
     return pd.DataFrame([{
@@ -123,7 +131,7 @@ def records_frame(records: List[dict]):
         **{f"pred_{name}": preds[0] for name, preds in r["preds"].items()},
         "n_completion_tokens": r["n_completion_tokens"][0], "truncated": r["truncated"][0],
         "latency_s": r["latency_s"], "completion": r["completions"][0],
-    } for r in records])
+    } for r in graded(records)])
 
 
 def load_runs(output_dir: str = "method_results") -> List[dict]:

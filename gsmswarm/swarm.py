@@ -173,10 +173,8 @@ class LoopbackSwarm:
                     raise TimeoutError(f"DHT did not start within {self.timeout:.0f}s; see {self.workdir}/dht.log")
                 time.sleep(0.2)
             self.initial_peers = self.peers_file.read_text().split()
-            for i, blocks in enumerate(self.block_ranges):
-                self._spawn(f"server{i}", ["server", self.model, "--block-indices", blocks, "--dht-prefix",
-                                           self.dht_prefix, "--torch-dtype", self.torch_dtype,
-                                           "--initial-peers", *self.initial_peers])
+            for i in range(len(self.block_ranges)):
+                self._spawn_server(i)
             self._wait_until_served(deadline)
         except BaseException:
             self.stop()
@@ -184,6 +182,22 @@ class LoopbackSwarm:
         log.info("loopback swarm up: %d servers %s, peers in %s", len(self.block_ranges), self.block_ranges,
                  self.peers_file)
         return self
+
+    def _spawn_server(self, i: int) -> subprocess.Popen:
+        return self._spawn(f"server{i}", ["server", self.model, "--block-indices", self.block_ranges[i],
+                                          "--dht-prefix", self.dht_prefix, "--torch-dtype", self.torch_dtype,
+                                          "--initial-peers", *self.initial_peers])
+
+    def restart_server(self, name: str) -> subprocess.Popen:
+        """Start server `name` (e.g. "server1") again on its blocks after it died; return once every block
+        is served. What an operator does after a node failure; the fault tests use it."""
+        [dead] = [p for p in self.procs if p.name == name]
+        if dead.poll() is None:
+            raise RuntimeError(f"swarm {name} is still running")
+        self.procs.remove(dead)
+        proc = self._spawn_server(int(name.removeprefix("server")))
+        self._wait_until_served(time.monotonic() + self.timeout)
+        return proc
 
     def _wait_until_served(self, deadline: float) -> None:
         from hivemind import DHT

@@ -159,3 +159,50 @@ def test_parity_subcommand_against_a_running_swarm(swarm):
     result = cli("parity", "--limit", "1", "--max-new-tokens", "8", "--initial-peers", *swarm.initial_peers)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parity: 1/1 prompts identical" in result.stdout
+
+
+def test_backend_errors_are_recorded_apart_and_retried_with_a_flag(tmp_path, monkeypatch, capsys):
+    """A failed generation (injected into the real local backend) becomes a record with its error that no
+    score counts; a plain rerun keeps it, `--retry-errors` solves it again; three in a row stop the run."""
+    from gsmswarm import backends
+    from gsmswarm.cli import main
+    from gsmswarm.data import load_split
+
+    out = tmp_path / "results"
+    args = ["run", "--backend", "local", "--max-new-tokens", "8", "--output-dir", str(out)]
+    run = RUN.replace("petals", "local")
+    path, summary = out / "cot" / f"{run}.jsonl", out / "cot" / f"{run}.summary.json"
+    questions = [p.question for p in load_split("test", 8)]
+    failing = {questions[1]}
+    generate = backends.Backend.generate
+
+    def failing_generate(self, prompt, gen):
+        if any(q in prompt for q in failing):
+            raise backends.BackendError("the swarm failed after 4 tries: injected")
+        return generate(self, prompt, gen)
+
+    monkeypatch.setattr(backends.Backend, "generate", failing_generate)
+    assert main([*args, "--limit", "4"]) == 0
+    assert "1 problems are recorded as backend errors" in capsys.readouterr().err
+    records = read_records(path)
+    assert [r["idx"] for r in records] == [0, 1, 2, 3]
+    assert records[1]["error"] == "backend_error: the swarm failed after 4 tries: injected"
+    s = json.loads(summary.read_text())
+    assert s["metrics"]["answer"]["n"] == 3 and s["n_backend_errors"] == 1 and s["taxonomy"]["backend_error"] == 1
+
+    failing.clear()
+    assert main([*args, "--limit", "4"]) == 0  # resuming skips the recorded error
+    assert read_records(path)[1]["error"]
+    assert main([*args, "--limit", "4", "--retry-errors"]) == 0
+    records = read_records(path)
+    assert [r["idx"] for r in records] == [0, 1, 2, 3] and not any(r["error"] for r in records)
+    assert len(path.read_text().splitlines()) == 5
+    s = json.loads(summary.read_text())
+    assert s["metrics"]["answer"]["n"] == 4 and s["n_backend_errors"] == 0
+
+    failing.update(questions[4:])
+    capsys.readouterr()
+    assert main([*args, "--limit", "8"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: problem 6: ") and "3 problems in a row" in last and "--retry-errors" in last
+    assert [r["idx"] for r in read_records(path) if r["error"]] == [4, 5, 6]
