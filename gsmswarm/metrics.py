@@ -15,7 +15,8 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact ends at k=0 and k=n: rounding may leave centre - half at +1e-18, above the accuracy itself
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def majority_vote(preds: Sequence[str]) -> str:

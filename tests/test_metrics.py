@@ -38,6 +38,7 @@ def test_wilson_matches_hand_computed_values():
     lo, hi = wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 150)[0] == 0.0 and wilson_interval(150, 150)[1] == 1.0  # never past the accuracy
 
 
 @pytest.mark.parametrize("only_a, only_b, p", [(1, 8, 0.0390625), (0, 6, 0.03125), (5, 5, 1.0), (0, 0, 1.0),
