@@ -26,6 +26,13 @@ block's server list but not from the spans the router searches (`spans_containin
 next full DHT update), so a retry may be routed to the dead server again, and with replicas of equal latency
 it often is: CI lost a failover run after all four attempts dialled the killed replica. Fix: rebuild the spans
 from the updated server lists right after the removal.
+
+Unreachable servers are never blamed. When opening the session on a chosen server fails (it died, but its
+DHT record has not expired yet), `InferenceSession.step` reports the failure with no peer, because the server
+session was never created; nothing is banned, the router picks the same dead server on every try, and the
+generation fails although a live server holds the blocks (CI: a server restarted after a failure, the dead
+one's record still in the DHT). Fix: open the sessions one span at a time and report a span that cannot be
+opened as that server's failure.
 """
 import logging
 import threading
@@ -90,4 +97,19 @@ def apply() -> None:
             info.spans_by_priority, info.spans_containing_block = info._sort_spans(info.block_infos)
 
     RemoteSequenceManager.on_request_failure = on_request_failure
+
+    original_enter = InferenceSession._enter_server_sessions
+
+    def _enter_server_sessions(self, chosen_spans):
+        sessions = []
+        for span in chosen_spans:
+            try:
+                sessions += original_enter(self, [span])
+            except Exception:
+                self._exit_server_sessions(sessions)
+                self._sequence_manager.on_request_failure(span.peer_id)
+                raise
+        return sessions
+
+    InferenceSession._enter_server_sessions = _enter_server_sessions
     _applied = True

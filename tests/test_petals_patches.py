@@ -82,3 +82,34 @@ def test_a_failed_server_leaves_the_route_search_at_once():
     # Unpatched, the router still finds the dead replica here and a retry may dial it again.
     assert [[span.peer_id for span in spans] for spans in info.spans_containing_block] == [[alive]] * 3
     assert [span.peer_id for span in info.spans_by_priority] == [alive]
+
+
+def test_a_server_that_cannot_be_reached_is_reported_as_failed(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from petals.client import inference_session
+    from petals.client.inference_session import InferenceSession
+
+    petals_patches.apply()
+    failed, opened = [], []
+
+    async def create(config, p2p, span, *args, **kwargs):  # what p2p's stream_open does for a dead server
+        if span.peer_id == "dead":
+            raise ConnectionError("failed to dial dead: all dials failed")
+        opened.append(span.peer_id)
+        return SimpleNamespace(__enter__=lambda: None, __exit__=lambda *exc: opened.remove(span.peer_id))
+
+    monkeypatch.setattr(inference_session._ServerInferenceSession, "create", create)
+    manager = SimpleNamespace(block_uids=["m.0", "m.1"], get_request_metadata=lambda *a, **k: {},
+                              config=None, state=SimpleNamespace(p2p=None), rpc_info=None,
+                              on_request_failure=failed.append, lock_changes=threading.Lock())
+    session = SimpleNamespace(_sequence_manager=manager, _max_length=8,
+                              _exit_server_sessions=lambda ss: InferenceSession._exit_server_sessions(None, ss))
+    spans = [SimpleNamespace(peer_id=p, start=i, end=i + 1) for i, p in enumerate(["alive", "dead"])]
+    try:
+        InferenceSession._enter_server_sessions(session, spans)
+    except ConnectionError:
+        pass
+    # Unpatched, the step loop can only report "no peer" and the router picks the dead server again.
+    assert failed == ["dead"] and opened == []
