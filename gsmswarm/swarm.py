@@ -189,36 +189,52 @@ class LoopbackSwarm:
                                           "--initial-peers", *self.initial_peers])
 
     def restart_server(self, name: str) -> subprocess.Popen:
-        """Start server `name` (e.g. "server1") again on its blocks after it died; return once every block
-        is served. What an operator does after a node failure; the fault tests use it."""
+        """Start server `name` (e.g. "server1") again on its blocks after it died; return once it serves them.
+        What an operator does after a node failure; the fault tests use it. The dead server's DHT record
+        stays ONLINE until it expires, so only a peer that was not announced before the restart counts."""
         [dead] = [p for p in self.procs if p.name == name]
         if dead.poll() is None:
             raise RuntimeError(f"swarm {name} is still running")
+        i = int(name.removeprefix("server"))
+        blocks = range(*map(int, self.block_ranges[i].split(":")))
+        with self._client_dht() as dht:
+            known = {peer for info in self._module_infos(dht, blocks) for peer in info.servers}
         self.procs.remove(dead)
-        proc = self._spawn_server(int(name.removeprefix("server")))
-        self._wait_until_served(time.monotonic() + self.timeout)
+        proc = self._spawn_server(i)
+        self._wait_until_served(time.monotonic() + self.timeout, blocks, ignore=known)
         return proc
 
-    def _wait_until_served(self, deadline: float) -> None:
+    @contextlib.contextmanager
+    def _client_dht(self):
         from hivemind import DHT
-        from petals.data_structures import ServerState
-        from petals.utils.dht import get_remote_module_infos
 
-        uids = [f"{self.dht_prefix}.{i}" for i in range(self.num_blocks)]
         with gc_frozen():
             dht = DHT(start=True, initial_peers=self.initial_peers, client_mode=True, **LOOPBACK_P2P)
         try:
+            yield dht
+        finally:
+            dht.shutdown()
+
+    def _module_infos(self, dht, blocks: range) -> list:
+        from petals.utils.dht import get_remote_module_infos
+
+        return get_remote_module_infos(dht, [f"{self.dht_prefix}.{b}" for b in blocks], latest=True)
+
+    def _wait_until_served(self, deadline: float, blocks: Optional[range] = None, ignore: frozenset = frozenset()):
+        """Wait until each of `blocks` (default: all) has an ONLINE server that is not one of `ignore`."""
+        from petals.data_structures import ServerState
+
+        with self._client_dht() as dht:
             while True:
                 self._check_alive()
-                infos = get_remote_module_infos(dht, uids, latest=True)
-                if all(any(s.state == ServerState.ONLINE for s in info.servers.values()) for info in infos):
+                infos = self._module_infos(dht, blocks or range(self.num_blocks))
+                if all(any(s.state == ServerState.ONLINE and peer not in ignore for peer, s in info.servers.items())
+                       for info in infos):
                     return
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"servers did not serve every block within {self.timeout:.0f}s; "
                                        f"see {self.workdir}/server*.log")
                 time.sleep(1)
-        finally:
-            dht.shutdown()
 
     def stop(self) -> None:
         """SIGINT first (clean: also stops p2pd), then the whole process group if it lingers."""

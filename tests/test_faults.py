@@ -87,7 +87,9 @@ def test_losing_every_holder_of_a_block_records_backend_errors_stops_and_retries
         assert all(r["error"].startswith("backend_error: ") and "completions" not in r for r in errors)
         print(f"run stopped {took:.0f} s after the last holder of blocks 15:30 died: {last}")
 
+        start = time.monotonic()
         swarm.restart_server("server1")
+        print(f"the restarted server announced blocks 15:30 after {time.monotonic() - start:.0f} s")
         start = time.monotonic()
         retried = subprocess.run(_cli(*args, "--retry-errors", "--initial-peers", *swarm.initial_peers),
                                  capture_output=True, text=True, env=env, timeout=600)
