@@ -172,8 +172,8 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
 
 def summarize(output_dir: str) -> None:
     """Recompute every run's summary from its records; print the tables; write plots beside the runs."""
-    from .report import (comparison_table, default_baseline, format_table, maj_table, plot_accuracy,
-                         plot_maj_curves, run_path, summarize_run)
+    from .report import (comparison_table, format_table, maj_table, plot_accuracy, plot_maj_curves, run_path,
+                         summarize_run)
     from .results import load_runs, read_records
 
     runs = load_runs(output_dir)
@@ -182,9 +182,8 @@ def summarize(output_dir: str) -> None:
     runs = [{**summarize_run(run_path(r), read_records(run_path(r)), r["config"]),
              "path": r["path"]} for r in runs]
     print(format_table(runs))
-    baseline = default_baseline(runs)
-    if baseline and len(runs) > 1:
-        print("\n" + comparison_table(runs, baseline))
+    if len(runs) > 1:
+        print("\n" + comparison_table(runs))
     plots = [Path(output_dir) / "accuracy.png"]
     plot_accuracy(runs, plots[0])
     if any(r["maj_curve"] for r in runs):

@@ -68,24 +68,30 @@ def run_records(summary: dict) -> List[dict]:
     return graded(read_records(run_path(summary)))
 
 
-def default_baseline(summaries: List[dict]) -> Optional[dict]:
-    """The plain greedy chain-of-thought run with the most problems: what every other method is compared with."""
-    greedy = [s for s in summaries
-              if s["config"]["method"] == "cot" and s["n_samples"] == 1 and not s["config"].get("soft_prompt")]
-    return max(greedy, key=lambda s: s["metrics"]["answer"]["n"], default=None)
-
-
-def comparison_table(summaries: List[dict], baseline: dict) -> str:
-    """Each run against the baseline on their common problems: outcome counts and the exact McNemar p."""
-    base = run_records(baseline)
-    rows = [("run", "vs", "n", "both right", "only run", "only baseline", "both wrong", "McNemar p")]
+def baselines(summaries: List[dict]) -> Dict[str, dict]:
+    """Per model, its plain greedy chain-of-thought run with the most problems: what the model's other runs are
+    compared with. Runs of different models are never paired."""
+    out = {}
     for s in summaries:
-        if s["run_id"] == baseline["run_id"]:
+        if s["config"]["method"] == "cot" and s["n_samples"] == 1 and not s["config"].get("soft_prompt"):
+            best = out.get(s["config"]["model"])
+            if best is None or s["metrics"]["answer"]["n"] > best["metrics"]["answer"]["n"]:
+                out[s["config"]["model"]] = s
+    return out
+
+
+def comparison_table(summaries: List[dict]) -> str:
+    """Each run against its model's baseline on their common problems: outcome counts and the exact McNemar p."""
+    bases = baselines(summaries)
+    rows = [("run", "n", "both right", "only run", "only baseline", "both wrong", "McNemar p")]
+    for s in summaries:
+        base = bases.get(s["config"]["model"])
+        if base is None or s["run_id"] == base["run_id"]:
             continue
-        p = paired(run_records(s), base)
-        rows.append((s["run_id"], "baseline", str(p["n"]), str(p["both_right"]), str(p["only_a"]), str(p["only_b"]),
+        p = paired(run_records(s), run_records(base))
+        rows.append((s["run_id"], str(p["n"]), str(p["both_right"]), str(p["only_a"]), str(p["only_b"]),
                      str(p["both_wrong"]), f"{p['p_value']:.3f}"))
-    return _table(rows) + f"\nbaseline: {baseline['run_id']}"
+    return _table(rows) + "".join(f"\nbaseline for {m}: {b['run_id']}" for m, b in bases.items())
 
 
 def maj_table(summaries: List[dict]) -> str:

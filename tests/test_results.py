@@ -55,3 +55,18 @@ def test_run_name_encodes_config():
     rag = RunConfig(method="rag", rag_k=4, soft_prompt="prompt_tuning/pt/", backend="local")
     assert run_name(rag, GenerationConfig(temperature=0.7, n=2, seed=3)) == \
         "rag__local__smollm2-135m__rag_cot+pt@k4-nearest_last__test__n2__t0.7__s3"
+
+
+def test_each_model_is_compared_with_its_own_chain_of_thought_run():
+    from gsmswarm.report import baselines
+
+    def summary(run_id, model, method="cot", n=150, samples=1, soft_prompt=None):
+        return {"run_id": run_id, "n_samples": samples, "metrics": {"answer": {"n": n}},
+                "config": {"method": method, "model": model, "soft_prompt": soft_prompt}}
+
+    runs = [summary("small-cot", "smollm2-135m"), summary("qwen-cot-partial", "qwen2.5-coder-0.5b", n=40),
+            summary("qwen-cot", "qwen2.5-coder-0.5b", n=150), summary("qwen-pt", "qwen2.5-coder-0.5b", soft_prompt="p"),
+            summary("qwen-sc", "qwen2.5-coder-0.5b", method="self_consistency", samples=8),
+            summary("small-rag", "smollm2-135m", method="rag")]
+    assert {m: b["run_id"] for m, b in baselines(runs).items()} == {"smollm2-135m": "small-cot",
+                                                                    "qwen2.5-coder-0.5b": "qwen-cot"}
