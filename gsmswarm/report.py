@@ -116,8 +116,8 @@ def method_comparison(runs: Dict[str, List[dict]]):
                              **{k: round(v, 3) for k, v in accuracy(recs).items() if k != "n"}}
                             for name, recs in runs.items()]).set_index("method")
     pairs = pd.DataFrame([{"a": a, "b": b, **paired(runs[a], runs[b])}
-                          for a, b in itertools.combinations(runs, 2)]).set_index(["a", "b"])
-    return per_run, pairs
+                          for a, b in itertools.combinations(runs, 2)])
+    return per_run, (pairs.set_index(["a", "b"]) if len(pairs) else pairs)  # one run has no pairs yet
 
 
 def plot_accuracy(summaries: List[dict], path: Path) -> None:

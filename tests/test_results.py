@@ -70,3 +70,16 @@ def test_each_model_is_compared_with_its_own_chain_of_thought_run():
             summary("small-rag", "smollm2-135m", method="rag")]
     assert {m: b["run_id"] for m, b in baselines(runs).items()} == {"smollm2-135m": "small-cot",
                                                                     "qwen2.5-coder-0.5b": "qwen-cot"}
+
+
+def test_method_comparison_pairs_runs_on_the_problems_all_finished():
+    from gsmswarm.report import method_comparison
+
+    def records(correct):
+        return [{"idx": i, "correct": c, "pred": "1" if c else "2", "gold": "1"} for i, c in enumerate(correct)]
+
+    per_run, pairs = method_comparison({"a": records([True, True, False, True]), "b": records([False, True, False])})
+    assert per_run["n"].tolist() == [3, 3]  # a's fourth problem is left out: b has not reached it
+    assert pairs.loc[("a", "b"), ["only_a", "only_b", "both_right"]].tolist() == [1, 0, 1]
+    per_run, pairs = method_comparison({"a": records([True, False])})  # a model with one run so far
+    assert per_run["n"].tolist() == [2] and pairs.empty
