@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,9 @@ class LoopbackSwarm:
             self.initial_peers = self.peers_file.read_text().split()
             for i in range(len(self.block_ranges)):
                 self._spawn_server(i)
-            self._wait_until_served(deadline)
+            # every server, not just one per block: a client that starts while a replica is still loading never
+            # lists it, and a test that kills the serving replica then finds no other
+            self._wait_until_served(deadline, self._servers_per_block())
         except BaseException:
             self.stop()
             raise
@@ -201,8 +203,15 @@ class LoopbackSwarm:
             known = {peer for info in self._module_infos(dht, blocks) for peer in info.servers}
         self.procs.remove(dead)
         proc = self._spawn_server(i)
-        self._wait_until_served(time.monotonic() + self.timeout, blocks, ignore=known)
+        self._wait_until_served(time.monotonic() + self.timeout, {b: 1 for b in blocks}, ignore=known)
         return proc
+
+    def _servers_per_block(self) -> Dict[int, int]:
+        need = {b: 0 for b in range(self.num_blocks)}
+        for r in self.block_ranges:
+            for b in range(*map(int, r.split(":"))):
+                need[b] += 1
+        return need
 
     @contextlib.contextmanager
     def _client_dht(self):
@@ -220,16 +229,18 @@ class LoopbackSwarm:
 
         return get_remote_module_infos(dht, [f"{self.dht_prefix}.{b}" for b in blocks], latest=True)
 
-    def _wait_until_served(self, deadline: float, blocks: Optional[range] = None, ignore: frozenset = frozenset()):
-        """Wait until each of `blocks` (default: all) has an ONLINE server that is not one of `ignore`."""
+    def _wait_until_served(self, deadline: float, need: Dict[int, int], ignore: frozenset = frozenset()):
+        """Wait until each block b of `need` has need[b] ONLINE servers that are not one of `ignore`."""
         from petals.data_structures import ServerState
 
+        blocks = sorted(need)
         with self._client_dht() as dht:
             while True:
                 self._check_alive()
-                infos = self._module_infos(dht, blocks or range(self.num_blocks))
-                if all(any(s.state == ServerState.ONLINE and peer not in ignore for peer, s in info.servers.items())
-                       for info in infos):
+                infos = self._module_infos(dht, blocks)
+                online = [sum(s.state == ServerState.ONLINE and peer not in ignore for peer, s in info.servers.items())
+                          for info in infos]
+                if all(n >= need[b] for b, n in zip(blocks, online)):
                     return
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"servers did not serve every block within {self.timeout:.0f}s; "
