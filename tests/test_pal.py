@@ -18,13 +18,26 @@ def test_program_values_become_preds(value, pred):
     assert number_answer(value) == pred
 
 
+def qwen2_like_tokenizer():
+    """A real fast tokenizer with Qwen2's pre-tokenizer (one token per pre-token): enough to know where its
+    token boundaries fall, without the optional study model."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from gsmswarm.convert import QWEN2_SPLIT
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+
+
 class Scripted:
     """A backend that answers with a fixed completion and remembers what it was asked."""
 
     name = "scripted"
 
-    def __init__(self, text):
-        self.text, self.seen = text, []
+    def __init__(self, text, tokenizer):
+        self.text, self.tokenizer, self.seen = text, tokenizer, []
 
     def generate(self, prompt, gen):
         self.seen.append((prompt, gen))
@@ -34,8 +47,8 @@ class Scripted:
         return len(text.split())
 
 
-def test_program_is_header_plus_completion_and_its_value_is_the_answer():
-    backend = Scripted("\n    apples = 3 + 2\n    return apples")
+def test_program_is_header_plus_completion_and_its_value_is_the_answer(local_backend):
+    backend = Scripted("\n    apples = 3 + 2\n    return apples", local_backend.tokenizer)
     record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
     prompt, gen = backend.seen[0]
     assert prompt.endswith(f'def solution():\n    """{PROBLEM.question}"""')
@@ -45,8 +58,17 @@ def test_program_is_header_plus_completion_and_its_value_is_the_answer():
     assert record["pred"] == "5" and record["correct"] and record["preds"]["strict"] == ["5"]
 
 
-def test_a_hostile_completion_is_refused_and_counted_wrong():
-    backend = Scripted("\n    import os\n    return os.system('true')")
+def test_prompt_ends_with_the_newline_where_the_tokenizer_glues_it_to_the_closing_quotes():
+    """Qwen2 makes the closing quotes and the newline one token: its prompt includes the newline."""
+    backend = Scripted("    apples = 3 + 2\n    return apples", qwen2_like_tokenizer())
+    record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    assert backend.seen[0][0].endswith(f'def solution():\n    """{PROBLEM.question}"""\n')
+    assert record["programs"][0] == f'def solution():\n    """{PROBLEM.question}"""\n    apples = 3 + 2\n    return apples'
+    assert record["pred"] == "5"
+
+
+def test_a_hostile_completion_is_refused_and_counted_wrong(local_backend):
+    backend = Scripted("\n    import os\n    return os.system('true')", local_backend.tokenizer)
     record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
     assert record["sandbox"][0]["verdict"] == "refused" and record["pred"] == INVALID and not record["correct"]
 

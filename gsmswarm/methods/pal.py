@@ -5,6 +5,13 @@ The prompt (`prompts/pal_8shot.txt`) shows the 8 exemplar questions of the CoT p
 with the header of the question's own function, so the completion is the function body. Programs contain
 blank lines, so a "\\n\\n" stop string becomes PAL's separator "\\n\\n\\n". Each record keeps the program, the
 sandbox's verdict and the value or error; every filter's pred is the program's value.
+
+The prompt must end where the exemplars have a token boundary, and the docstring's closing quotes are
+tokenized differently by model: SmolLM2 cuts right after them, Qwen2 makes full stop, quotes and newline one
+token. A prompt that ends inside a token asks for a continuation the model never saw: Qwen2.5-Coder then
+starts with blank lines, which end the program before its first statement, on 8 of the first 10 test problems.
+So the newline after the docstring joins the prompt where the tokenizer glues it to the quotes
+(`closing_newline`).
 """
 import dataclasses
 
@@ -15,9 +22,16 @@ from ..prompts import render
 from ..sandbox import run_program
 
 
+def closing_newline(tokenizer) -> str:
+    """"\\n" if `tokenizer` puts the newline after a docstring's closing quotes into their token, else ""."""
+    text = 'def solution():\n    """Q."""\n    x = 1\n'
+    ends = {end for _, end in tokenizer(text, return_offsets_mapping=True)["offset_mapping"]}
+    return "" if text.index('"""\n') + 3 in ends else "\n"
+
+
 def solve(problem: Problem, backend, template: str, gen) -> dict:
     gen = dataclasses.replace(gen, stop=tuple("\n\n\n" if s == "\n\n" else s for s in gen.stop))
-    prompt = render(template, question=problem.question)
+    prompt = render(template, question=problem.question) + closing_newline(backend.tokenizer)
     header = prompt[prompt.rindex("def solution():"):]
     completions = backend.generate(prompt, gen)
     programs, runs, preds = [], [], []
