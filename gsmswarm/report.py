@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .answers import FILTERS
+from .config import RunConfig
 from .errors import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, read_records, write_json
@@ -69,14 +70,19 @@ def run_records(summary: dict) -> List[dict]:
 
 
 def baselines(summaries: List[dict]) -> Dict[str, dict]:
-    """Per model, its plain greedy chain-of-thought run with the most problems: what the model's other runs are
-    compared with. Runs of different models are never paired."""
+    """Per model, its plain greedy chain-of-thought run (the default few-shot prompt, no soft prompt) with the
+    most problems: what the model's other runs are compared with. Other prompts of the cot method (the
+    zero-shot control of prompt tuning) are methods, not the baseline. Runs of different models are never
+    paired."""
+    cot_prompt = RunConfig(method="cot").prompt
     out = {}
     for s in summaries:
-        if s["config"]["method"] == "cot" and s["n_samples"] == 1 and not s["config"].get("soft_prompt"):
-            best = out.get(s["config"]["model"])
+        config = s["config"]
+        if (config["method"] == "cot" and config["prompt"] == cot_prompt and s["n_samples"] == 1
+                and not config.get("soft_prompt")):
+            best = out.get(config["model"])
             if best is None or s["metrics"]["answer"]["n"] > best["metrics"]["answer"]["n"]:
-                out[s["config"]["model"]] = s
+                out[config["model"]] = s
     return out
 
 

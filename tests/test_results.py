@@ -60,11 +60,12 @@ def test_run_name_encodes_config():
 def test_each_model_is_compared_with_its_own_chain_of_thought_run():
     from gsmswarm.report import baselines
 
-    def summary(run_id, model, method="cot", n=150, samples=1, soft_prompt=None):
+    def summary(run_id, model, method="cot", n=150, samples=1, soft_prompt=None, prompt="cot_8shot"):
         return {"run_id": run_id, "n_samples": samples, "metrics": {"answer": {"n": n}},
-                "config": {"method": method, "model": model, "soft_prompt": soft_prompt}}
+                "config": {"method": method, "model": model, "soft_prompt": soft_prompt, "prompt": prompt}}
 
     runs = [summary("small-cot", "smollm2-135m"), summary("qwen-cot-partial", "qwen2.5-coder-0.5b", n=40),
+            summary("qwen-zero-shot-control", "qwen2.5-coder-0.5b", prompt="qa_zeroshot"),
             summary("qwen-cot", "qwen2.5-coder-0.5b", n=150), summary("qwen-pt", "qwen2.5-coder-0.5b", soft_prompt="p"),
             summary("qwen-sc", "qwen2.5-coder-0.5b", method="self_consistency", samples=8),
             summary("small-rag", "smollm2-135m", method="rag")]
