@@ -1,5 +1,8 @@
 """A real Petals swarm on 127.0.0.1 serving the embedded model: hygiene, and parity with the local model."""
 import gc
+import os
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -86,3 +89,50 @@ def test_client_dht_survives_chroma_garbage_at_fork(model_path, swarm, tmp_path)
         assert backend.generate("1 + 1 =", GenerationConfig(max_new_tokens=2))[0].token_ids
     finally:
         backend.close()
+
+
+_FORKED_CHILD_SCRIPT = """
+import multiprocessing as mp, os, sys
+import gsmswarm
+from hivemind.utils.mpfuture import SharedBytes
+
+def read(queue, out):
+    try:
+        out.put(int(queue.get()))
+    except Exception as e:
+        out.put(f"{type(e).__name__}: {e}")
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    byte = SharedBytes.next()
+    byte.fill_(7)
+    if os.fork() == 0:  # like a Petals connection handler: it drops the parent's futures and makes its own
+        del byte
+        SharedBytes.next()
+        os._exit(0)
+    os.wait()
+    queue, out = ctx.Queue(), ctx.Queue()
+    reader = ctx.Process(target=read, args=(queue, out))
+    reader.start()
+    queue.put(byte)
+    print(out.get(timeout=60))
+    reader.join()
+"""
+
+
+@pytest.mark.parametrize("strategy", ["as gsmswarm sets it", "file_system"])
+def test_a_forked_child_does_not_free_its_parents_shared_memory(strategy):
+    """After a forked child let go of its parent's hivemind future, another process can still read the
+    parent's copy with the sharing strategy importing gsmswarm sets; with hivemind's default, "file_system",
+    the child's drop unlinked it (the failure behind a restarted server that never started in CI)."""
+    env = {k: v for k, v in os.environ.items() if k != "HIVEMIND_MEMORY_SHARING_STRATEGY"}
+    if strategy == "file_system":
+        env["HIVEMIND_MEMORY_SHARING_STRATEGY"] = strategy
+    out = subprocess.run([sys.executable, "-c", _FORKED_CHILD_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    read = out.stdout.strip().splitlines()[-1]
+    if strategy == "file_system":
+        assert "No such file or directory" in read, read
+    else:
+        assert read == "7"
