@@ -69,6 +69,12 @@ def split_blocks(num_blocks: int, num_servers: int) -> List[str]:
     return [f"{a}:{b}" for a, b in zip(edges, edges[1:])]
 
 
+def block_range(spec: str) -> range:
+    """The blocks of one `a:b` range of `split_blocks`."""
+    start, end = map(int, spec.split(":"))
+    return range(start, end)
+
+
 def _interrupt_on_sigterm() -> None:
     # A background job of a non-interactive shell starts with SIGINT ignored: restore it, and treat SIGTERM
     # the same, so both reach the clean shutdown that also stops p2pd and the handler processes.
@@ -198,7 +204,7 @@ class LoopbackSwarm:
         if dead.poll() is None:
             raise RuntimeError(f"swarm {name} is still running")
         i = int(name.removeprefix("server"))
-        blocks = range(*map(int, self.block_ranges[i].split(":")))
+        blocks = block_range(self.block_ranges[i])
         with self._client_dht() as dht:
             known = {peer for info in self._module_infos(dht, blocks) for peer in info.servers}
         self.procs.remove(dead)
@@ -209,7 +215,7 @@ class LoopbackSwarm:
     def _servers_per_block(self) -> Dict[int, int]:
         need = {b: 0 for b in range(self.num_blocks)}
         for r in self.block_ranges:
-            for b in range(*map(int, r.split(":"))):
+            for b in block_range(r):
                 need[b] += 1
         return need
 

@@ -10,7 +10,7 @@ import pytest
 from gsmswarm.config import GenerationConfig
 from gsmswarm.data import load_split
 from gsmswarm.prompts import load_prompt, render
-from gsmswarm.swarm import split_blocks
+from gsmswarm.swarm import block_range, split_blocks
 
 
 def test_split_blocks_covers_every_block_once():
@@ -18,6 +18,7 @@ def test_split_blocks_covers_every_block_once():
     assert split_blocks(30, 4) == ["0:8", "8:15", "15:22", "22:30"]
     with pytest.raises(ValueError):
         split_blocks(2, 3)
+    assert [b for r in split_blocks(30, 4) for b in block_range(r)] == list(range(30))
 
 
 def _sockets(pids):
