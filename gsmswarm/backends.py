@@ -3,7 +3,8 @@
 Greedy decoding runs the same `transformers.generate` loop on the client for both; they differ only in where
 the transformer blocks run, which is what makes token-for-token parity between them a meaningful check.
 Sampling several completions locally uses a loop of its own that shares the prompt's cache (see
-`Backend._sample_shared_prompt`).
+`Backend._sample_shared_prompt`); greedy decoding locally starts from the attention cache of the longest prefix
+it encoded before (`Backend._cached_prefix`).
 """
 import contextlib
 import sys
@@ -51,6 +52,8 @@ class Backend:
     def __init__(self, name: str, model_name: str, model, tokenizer, dht=None):
         self.name, self.model_name, self.model, self.tokenizer, self._dht = name, model_name, model, tokenizer, dht
         self.soft_prompt = None
+        self.reuse_prefix = name == "local"  # see _cached_prefix; benchmarks/prompt_cache.py turns it off
+        self._prefix = ([], None)  # token ids encoded last, and their attention cache
 
     def set_soft_prompt(self, prompt) -> None:
         """Prepend a trained soft prompt (`tuning.SoftPrompt`) to every prompt from now on.
@@ -111,12 +114,35 @@ class Backend:
             # the first step encodes the embeddings (prompt included); the ids only carry the text along
             embeds = dict(inputs_embeds=self._embed_with_prompt(ids))
             mask = torch.ones(embeds["inputs_embeds"].shape[:2], dtype=torch.long)
+        elif self.reuse_prefix and gen.n == 1:
+            embeds = dict(past_key_values=self._cached_prefix(ids))  # generate then encodes the last token only
         out = self.model.generate(
             input_ids=ids, **embeds, attention_mask=mask, max_new_tokens=gen.max_new_tokens, do_sample=sampling,
             pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
             stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]),
         )
         return [row[ids.shape[1]:].tolist() for row in out]
+
+    def _cached_prefix(self, ids):
+        """The attention cache of `ids` without its last token. Every problem's prompt starts with the same
+        exemplars, and the calculator method sends the same prompt again after each pause, so the longest
+        prefix shared with the previous call is taken from its cache and only the rest is encoded: with a few
+        hundred exemplar tokens per call that is most of the prompt (benchmarks/prompt_cache.py)."""
+        import torch
+
+        new = ids[0, :-1].tolist()
+        old, past = self._prefix
+        shared = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        if shared == 0:
+            past = None
+        elif shared < len(old):
+            past = tuple((k[:, :, :shared], v[:, :, :shared]) for k, v in past)
+        if shared < len(new):
+            rest = ids[:, shared:-1]
+            mask = torch.ones(1, len(new), dtype=torch.long)
+            past = self.model(rest, attention_mask=mask, past_key_values=past, use_cache=True).past_key_values
+        self._prefix = (new, past)
+        return past
 
     def _embed_with_prompt(self, ids):
         """Input embeddings of `ids` behind the soft prompt (local backend)."""

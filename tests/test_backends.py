@@ -45,3 +45,30 @@ def test_sample_warpers():
     assert set(_sample(logits, GenerationConfig(temperature=1.0, top_p=0.01), g).tolist()) == {2}
     assert set(_sample(logits, GenerationConfig(temperature=1.0, top_k=2), g).tolist()) == {2, 3}
     assert set(_sample(logits, GenerationConfig(temperature=5.0), g).tolist()) == {0, 1, 2, 3}
+
+
+def test_greedy_from_a_cached_prefix_gives_the_tokens_of_a_fresh_encoding(local_backend):
+    """Local greedy decoding starts from the cache of the prefix it shares with the previous call (the
+    exemplars of the next problem, the calculator's prompt after a pause): same tokens as encoding everything
+    anew, with the shared tokens encoded once."""
+    first = _prompt(0)
+    prompts = [first, _prompt(1), first + " She has 16 - 3 - 4 = <<16-3-4=9>>9 eggs left"]  # as after a pause
+    gen = GenerationConfig(max_new_tokens=24, stop=NEVER)
+    encoded = []
+    hook = local_backend.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: encoded.append(args[0].numel()))
+
+    def tokens_and_encoded(reuse):
+        local_backend.reuse_prefix, local_backend._prefix = reuse, ([], None)
+        encoded.clear()
+        return [local_backend.generate(p, gen)[0].token_ids for p in prompts], sum(encoded)
+
+    try:
+        fresh, fresh_encoded = tokens_and_encoded(False)
+        reused, reused_encoded = tokens_and_encoded(True)
+    finally:
+        hook.remove()
+        local_backend.reuse_prefix = True
+    assert reused == fresh
+    shared = len(local_backend.tokenizer(first).input_ids) - 1
+    assert fresh_encoded - reused_encoded >= shared  # at least the first prompt again, after the pause
