@@ -93,7 +93,7 @@ def test_client_dht_survives_chroma_garbage_at_fork(model_path, swarm, tmp_path)
 
 
 _FORKED_CHILD_SCRIPT = """
-import multiprocessing as mp, os, sys
+import multiprocessing as mp, os
 import gsmswarm
 from hivemind.utils.mpfuture import SharedBytes
 
