@@ -21,6 +21,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
+    import torch
+
     from gsmswarm.backends import load_backend
     from gsmswarm.config import GenerationConfig, RunConfig
     from gsmswarm.convert import resolve_model
@@ -49,7 +51,7 @@ def main() -> None:
                                                    for r in (False, True)), file=sys.stderr)
     print(f"local backend, model {args.model}, first {args.questions} test problems, max_new_tokens "
           f"{args.max_new_tokens}, commit {git_commit()}, {os.cpu_count()} cores, torch threads "
-          f"{__import__('torch').get_num_threads()}")
+          f"{torch.get_num_threads()}")
     print(f"{'method':12s} {'fresh s/problem':>16s} {'cached s/problem':>17s} {'fresh/cached':>13s} {'identical':>10s}")
     for m in args.methods:
         fresh, cached = seconds[m, False] / args.questions, seconds[m, True] / args.questions

@@ -3,8 +3,8 @@
 Greedy decoding runs the same `transformers.generate` loop on the client for both; they differ only in where
 the transformer blocks run, which is what makes token-for-token parity between them a meaningful check.
 Sampling several completions locally uses a loop of its own that shares the prompt's cache (see
-`Backend._sample_shared_prompt`); greedy decoding locally starts from the attention cache of the longest prefix
-it encoded before (`Backend._cached_prefix`).
+`Backend._sample_shared_prompt`); both local paths start from the attention cache of the longest prefix they
+encoded before (`Backend._cached_prefix`).
 """
 import contextlib
 import sys
@@ -52,7 +52,7 @@ class Backend:
     def __init__(self, name: str, model_name: str, model, tokenizer, dht=None):
         self.name, self.model_name, self.model, self.tokenizer, self._dht = name, model_name, model, tokenizer, dht
         self.soft_prompt = None
-        self.reuse_prefix = name == "local"  # see _cached_prefix; benchmarks/prompt_cache.py turns it off
+        self.reuse_prefix = name == "local"  # see _cached_prefix; off, it encodes every prompt whole
         self._prefix = ([], None)  # token ids encoded last, and their attention cache
 
     def set_soft_prompt(self, prompt) -> None:
@@ -131,7 +131,7 @@ class Backend:
         import torch
 
         new = ids[0, :-1].tolist()
-        old, past = self._prefix
+        old, past = self._prefix if self.reuse_prefix else ([], None)
         shared = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
         if shared == 0:
             past = None
@@ -188,7 +188,7 @@ class Backend:
         if self.soft_prompt is not None:
             past = self.model(inputs_embeds=self._embed_with_prompt(ids[:, :-1]), use_cache=True).past_key_values
         else:
-            past = self.model(ids[:, :-1], use_cache=True).past_key_values
+            past = self._cached_prefix(ids)
         past = tuple((k.expand(gen.n, -1, -1, -1).contiguous(), v.expand(gen.n, -1, -1, -1).contiguous())
                      for k, v in past)
         prefix = self.soft_prompt.length if self.soft_prompt is not None else 0
