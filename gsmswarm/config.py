@@ -48,8 +48,8 @@ class BackendConfig:
     """Where the model runs: shared by every command that loads one."""
     backend: str = _help("'petals' (through a swarm) or 'local' (transformers on this machine)",
                          default="petals")
-    model: str = _help("'smollm2-135m' (embedded), 'qwen2.5-coder-0.5b' (the study model, after "
-                       "`bash install.sh --model qwen2.5-coder-0.5b`), a local Hugging Face folder, or a hub id",
+    model: str = _help("'smollm2-135m' (embedded), 'qwen2.5-coder-0.5b' (the study model) or 'qwen2.5-coder-1.5b' "
+                       "(each after `bash install.sh --model <name>`), a local Hugging Face folder, or a hub id",
                        default="smollm2-135m")
     initial_peers: Tuple[str, ...] = _help(
         "swarm multiaddrs (default: $INITIAL_PEERS, else start a loopback swarm for this run)",
