@@ -157,7 +157,7 @@ def plot_maj_curves(summaries: List[dict], path: Path) -> None:
             errors = [[m["accuracy"] - m["ci_low"] for m in curve], [m["ci_high"] - m["accuracy"] for m in curve]]
             ax.errorbar(ks, [m["accuracy"] for m in curve], yerr=errors, capsize=3, marker="o", label=s["run_id"])
     ax.set(xlabel="k (sampled completions voted on)", ylabel="maj@k accuracy")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="lower left", bbox_to_anchor=(0, 1.01))  # above the axes: never over a curve
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
