@@ -38,7 +38,8 @@ def main() -> None:
               for s in range(args.k)]
     seconds = {"greedy x1": 0.0, f"batched k={args.k}": 0.0, f"sequential {args.k}x1": 0.0}
     tokens = dict.fromkeys(seconds, 0)
-    with open_backend(args.backend, resolve_model(args.model), workdir=CACHE_DIR / "swarm" / "bench-sc") as backend:
+    with open_backend(args.backend, resolve_model(args.model), workdir=CACHE_DIR / "swarm" / "bench-sc",
+                      batch_size=args.k) as backend:  # local: k slots, so the k rows decode as one batch
         backend.generate(prompts[0], GenerationConfig(max_new_tokens=2))  # warm-up: routes, kernels
         for i, prompt in enumerate(prompts):
             for name, gens in ((f"batched k={args.k}", [batched]), ("greedy x1", [greedy]),

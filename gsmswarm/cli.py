@@ -6,7 +6,6 @@ Generation happens here; notebooks read what it writes. Flags map 1:1 onto the f
 import argparse
 import codecs
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -16,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import CACHE_DIR, GenerationConfig, RunConfig, TuningConfig, UserError, as_dict
+from .config import GenerationConfig, RunConfig, TuningConfig, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,99 +51,6 @@ def _build(cls, args: argparse.Namespace):
     return cls(**values)
 
 
-MAX_ERRORS_IN_A_ROW = 3
-
-
-def run(config: RunConfig, gen: GenerationConfig) -> dict:
-    """Solve every not-yet-solved problem of the split, appending records; return the run's summary."""
-    from tqdm import tqdm
-
-    from .backends import BackendError, open_backend
-    from .convert import resolve_model
-    from .data import load_split
-    from .methods import SAMPLING_METHODS, get_method
-    from .prompts import load_prompt, prompt_hash, slots
-    from .report import summarize_run
-    from .results import ResultsWriter, git_commit, run_name
-
-    method = get_method(config.method)
-    if config.method in SAMPLING_METHODS and gen.n < 2:
-        raise UserError(f"--method {config.method} needs --samples k >= 2 (and --temperature > 0)")
-    template = load_prompt(config.prompt)
-    wanted = {"exemplars", "question"} if config.method == "rag" else {"question"}
-    if slots(template) != wanted:
-        raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --method {config.method} "
-                        f"fills {sorted(wanted)} (rag: use rag_cot)")
-    try:
-        model_path = resolve_model(config.model)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
-    problems = load_split(config.split, config.limit)
-    soft_prompt = None
-    if config.soft_prompt:
-        from .tuning import load_soft_prompt
-
-        soft_prompt = load_soft_prompt(config.soft_prompt)
-    name = run_name(config, gen)
-    path = Path(config.output_dir) / config.method / f"{name}.jsonl"
-    base = {"run_id": name, "method": config.method, "backend": config.backend, "model": config.model,
-            "prompt": config.prompt, "prompt_hash": prompt_hash(template), "gen": as_dict(gen),
-            "split": config.split, "commit": git_commit(),
-            "soft_prompt": soft_prompt and {"path": config.soft_prompt, "mode": soft_prompt.mode,
-                                            "length": soft_prompt.length, "sha256": soft_prompt.sha256()},
-            "rag": ({"k": config.rag_k, "order": config.rag_order, "embedder": config.embedder}
-                    if config.method == "rag" else None)}
-    summary = None
-    with ResultsWriter(path) as writer:
-        def failed(p) -> bool:
-            return bool(writer.done[p.idx].get("error"))
-
-        todo = [p for p in problems if p.idx not in writer.done or (config.retry_errors and failed(p))]
-        if writer.done:
-            _check_same_config(path, next(iter(writer.done.values())), base)
-            print(f"resuming {path}: {len(problems) - len(todo)} of {len(problems)} problems already done",
-                  file=sys.stderr)
-        try:
-            if todo:
-                tools = method.setup(config) if hasattr(method, "setup") else {}
-                with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix,
-                                  config.num_servers, CACHE_DIR / "swarm" / name) as backend:
-                    if soft_prompt is not None:
-                        backend.set_soft_prompt(soft_prompt)
-                    in_a_row = 0  # consecutive backend errors: a few mean the swarm, not the problem, is broken
-                    for problem in tqdm(todo, desc=name, unit="problem", dynamic_ncols=True):
-                        record = {**base, "idx": problem.idx, "question": problem.question, "gold": problem.gold}
-                        try:
-                            writer.write({**record, **method.solve(problem, backend, template, gen, **tools),
-                                          "error": None})
-                            in_a_row = 0
-                        except BackendError as e:
-                            writer.write({**record, "error": f"backend_error: {e}"})
-                            in_a_row += 1
-                            if in_a_row == MAX_ERRORS_IN_A_ROW:
-                                n_failed = sum(failed(p) for p in problems if p.idx in writer.done)
-                                raise UserError(
-                                    f"problem {problem.idx}: {e}; {in_a_row} problems in a row failed, so the run "
-                                    f"stops; {path} keeps {len(writer.done)} records ({n_failed} of them backend "
-                                    f"errors): rerun with --retry-errors to resume and retry those") from None
-        finally:  # an interrupted run still gets a summary of what it finished
-            records = [writer.done[p.idx] for p in problems if p.idx in writer.done]
-            if records:
-                summary = summarize_run(path, records, {**as_dict(config), "gen": as_dict(gen)})
-    if summary and summary["n_backend_errors"]:
-        print(f"{summary['n_backend_errors']} problems are recorded as backend errors (not graded): rerun with "
-              f"--retry-errors to solve them again", file=sys.stderr)
-    return summary
-
-
-def _check_same_config(path: Path, old: dict, base: dict) -> None:
-    """Resuming appends to a run only if the prompt and generation settings are the ones it was made with."""
-    for key in ("prompt_hash", "gen", "soft_prompt", "rag"):
-        if old.get(key) != json.loads(json.dumps(base[key])):
-            raise UserError(f"{path} was made with another {key} ({old.get(key)}); "
-                            f"use another --output-dir or move that file")
-
-
 def parity(config: RunConfig, gen: GenerationConfig) -> int:
     """Greedy tokens through the swarm vs the local model on the first `limit` problems; 0 if all equal."""
     from .backends import open_backend
@@ -155,10 +61,11 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     model_path = resolve_model(config.model)
     prompts = [render(load_prompt(config.prompt), question=p.question)
                for p in load_split(config.split, config.limit or 3)]
-    with open_backend("local", model_path, (), None) as local:
+    with open_backend("local", model_path, (), None, device=config.device, dtype=config.dtype) as local:
         expected = [local.generate(p, gen)[0].token_ids for p in prompts]
     mismatches = 0
-    with open_backend("petals", model_path, config.initial_peers, config.dht_prefix, config.num_servers) as swarm:
+    with open_backend("petals", model_path, config.initial_peers, config.dht_prefix, config.num_servers,
+                      device=config.device, dtype=config.dtype) as swarm:
         for i, (prompt, want) in enumerate(zip(prompts, expected)):
             got = swarm.generate(prompt, gen)[0].token_ids
             first = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), None)
@@ -244,6 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "parity":
             return parity(config, gen)
         start = time.perf_counter()
+        from .engine import run
+
         summary = run(config, gen)
         from .report import format_table
 

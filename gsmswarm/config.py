@@ -57,8 +57,17 @@ class BackendConfig:
     dht_prefix: Optional[str] = _help("name the swarm serves the model under (default: derived from --model)",
                                       default=None)
     num_servers: int = _help("servers in a loopback swarm started for this run", default=2)
+    device: str = _help("where the client (petals) or the whole model (local) runs: 'auto' (CUDA when present), "
+                        "'cpu' or 'cuda'", default="auto")
+    dtype: str = _help("'float32', 'bfloat16' or 'float16' for the client's (petals) or the model's (local) "
+                       "weights; runs in another dtype than float32 are other runs (their names end __<dtype>)",
+                       default="float32")
 
     def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.backend not in ("petals", "local"):
             raise UserError(f"--backend must be petals or local, got {self.backend!r}")
         if any(not p.startswith("/") for p in self.initial_peers):
@@ -88,6 +97,9 @@ class RunConfig(BackendConfig):
     index_dir: Optional[str] = _help("rag: Chroma store (default: .cache/chroma/<embedder>)", default=None)
     rebuild_index: bool = _help("rag: rebuild the index even if it looks current, replacing the directory",
                                 default=False)
+    batch_size: Optional[int] = _help("local: completions decoded at once (rows of a continuous batch); petals: "
+                                      "requests in flight, each in its own inference session; 1 decodes one "
+                                      "problem at a time (default: 32 local, 4 petals)", default=None)
     retry_errors: bool = _help("solve again the problems recorded as backend errors (a resumed run skips them "
                                "otherwise)", default=False)
 
@@ -102,6 +114,10 @@ class RunConfig(BackendConfig):
             raise UserError(f"--rag-order must be nearest_last or nearest_first, got {self.rag_order!r}")
         if self.split not in ("test", "train", "dev"):
             raise UserError(f"--split must be test, train or dev, got {self.split!r}")
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", 32 if self.backend == "local" else 4)
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
 

@@ -22,15 +22,16 @@ def model_short(model: str) -> str:
 
 
 def run_name(config, gen) -> str:
-    """`<method>__<backend>__<model>__<prompt>[+<soft prompt>][@k<k>-<order>]__<split>__n<n>__t<temp>__s<seed>`
+    """`<method>__<backend>__<model>__<prompt>[+<soft prompt>][@k<k>-<order>]__<split>__n<n>__t<temp>__s<seed>[__<dtype>]`
     (`config`: RunConfig, `gen`: GenerationConfig): the file name says the config."""
     prompt = config.prompt
     if config.soft_prompt:
         prompt += "+" + Path(config.soft_prompt.rstrip("/")).name
     if config.method == "rag":
         prompt += f"@k{config.rag_k}-{config.rag_order}"
+    dtype = "" if config.dtype == "float32" else f"__{config.dtype}"  # float32 runs kept their names from before
     return (f"{config.method}__{config.backend}__{model_short(config.model)}__{prompt}__{config.split}__n{gen.n}"
-            f"__t{gen.temperature:g}__s{gen.seed}")
+            f"__t{gen.temperature:g}__s{gen.seed}{dtype}")
 
 
 def git_commit() -> str:
@@ -48,8 +49,8 @@ def git_commit() -> str:
 
 
 def read_records(path) -> List[dict]:
-    """The last complete record of each problem in a results file, in file order; UserError naming file:line
-    for a malformed line."""
+    """The last complete record of each problem in a results file, by idx (a run with many problems in flight
+    appends them as they finish); UserError naming file:line for a malformed line."""
     path, records = Path(path), []
     if not path.exists():
         return records
@@ -64,7 +65,7 @@ def read_records(path) -> List[dict]:
             if lineno == len(lines):  # no newline after it: a torn write of the last record
                 break
             raise UserError(f"{path}:{lineno}: malformed JSON line ({e.msg}); fix or remove it") from None
-    return list({r["idx"]: r for r in records}.values())
+    return sorted({r["idx"]: r for r in records}.values(), key=lambda r: r["idx"])
 
 
 def graded(records: List[dict]) -> List[dict]:

@@ -140,45 +140,20 @@ def solution_loss(logits, ids, mask):
 class Tunable:
     """A backend's model with a trainable soft prompt: `logits(ids)` over the real tokens, `params`, `export()`.
 
-    petals: the client's PTuneMixin embeddings (loaded with the prompt by `load_backend`); local: PEFT."""
+    The backend attaches the prompt (`backend.trainable`: Petals' PTuneMixin embeddings through the swarm, PEFT
+    locally) and returns its parameters in Petals' layout (prompts [N, hidden], then for deep_ptune the
+    intermediate prompts [N, layers * hidden]) with a function from ids to the logits of the real tokens."""
 
     def __init__(self, backend, prompt: SoftPrompt):
-        import torch
-
-        self.backend, self.mode, self.length = backend, prompt.mode, prompt.length
-        if backend.name == "petals":
-            self.model = backend.model
-            self.model.requires_grad_(False)
-            t = self.model.transformer
-            self.params = [t.prompt_embeddings.weight]
-            if prompt.mode == "deep_ptune":
-                self.params.append(t.intermediate_prompt_embeddings.weight)
-        else:
-            from peft import PromptTuningConfig, TaskType, get_peft_model
-
-            backend.model.requires_grad_(False)
-            self.model = get_peft_model(backend.model, PromptTuningConfig(
-                task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prompt.length))
-            embedding = self.model.prompt_encoder["default"].embedding
-            with torch.no_grad():
-                embedding.weight.copy_(prompt.prompts)
-            self.params = [embedding.weight]
-        for p in self.params:
-            p.requires_grad_(True)
-
-    def logits(self, ids):
-        import torch
-
-        if self.backend.name == "petals":
-            return self.model(ids).logits  # the client strips the prompt positions itself
-        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, self.length:]
+        self.mode, self.length = prompt.mode, prompt.length
+        self.num_layers = backend.model.config.num_hidden_layers
+        self.params, self.logits = backend.trainable(prompt)
 
     def export(self, name: str = "") -> SoftPrompt:
         prompts = self.params[0].detach().clone()
         intermediate = None
         if self.mode == "deep_ptune":
-            n, layers = self.length, self.backend.model.config.num_hidden_layers
-            intermediate = self.params[1].detach().view(n, layers, -1).permute(1, 0, 2).clone()
+            intermediate = self.params[1].detach().view(self.length, self.num_layers, -1).permute(1, 0, 2).clone()
         return SoftPrompt(self.mode, prompts, intermediate, name)
 
 
@@ -237,7 +212,7 @@ def train(config: TuningConfig) -> Path:
     train_problems = [p for p in load_split("train") if p.idx not in dev]
     dev_problems = load_split("dev", config.dev_limit)
     with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
-                      CACHE_DIR / "swarm" / name) as backend:
+                      CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype) as backend:
         tok = backend.tokenizer
         pad_id = tok.eos_token_id
         if checkpoint is None:
@@ -247,7 +222,6 @@ def train(config: TuningConfig) -> Path:
                                       backend.model.config.num_hidden_layers)
         else:
             prompt = checkpoint["prompt"]
-        backend.set_soft_prompt(prompt)
         tunable = Tunable(backend, prompt)
         optimizer = torch.optim.AdamW(tunable.params, lr=config.lr, weight_decay=0.0)
         start, best = 0, {"step": None, "dev_loss": float("inf")}

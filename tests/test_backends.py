@@ -1,8 +1,9 @@
-"""The local backend's shared-prompt sampler: same tokens as transformers where sampling is deterministic,
-and every sampled token allowed by the full model (so cache copying and rows leaving the batch are right)."""
+"""The local backend's sampling and prefix reuse: same tokens as transformers where sampling is deterministic,
+every sampled token allowed by the full model (so cache copying and rows leaving the batch are right), and
+greedy tokens from a reused prefix equal to a fresh encoding."""
 import torch
 
-from gsmswarm.backends import _sample
+from gsmswarm.backends import load_backend, sample
 from gsmswarm.config import GenerationConfig
 from gsmswarm.data import load_split
 from gsmswarm.prompts import load_prompt, render
@@ -41,34 +42,34 @@ def test_sampled_tokens_are_in_the_full_models_top_k(local_backend):
 def test_sample_warpers():
     logits = torch.tensor([[0.0, 1.0, 3.0, 2.0]]).repeat(200, 1)
     g = torch.Generator().manual_seed(0)
-    assert set(_sample(logits, GenerationConfig(temperature=1.0, top_k=1), g).tolist()) == {2}
-    assert set(_sample(logits, GenerationConfig(temperature=1.0, top_p=0.01), g).tolist()) == {2}
-    assert set(_sample(logits, GenerationConfig(temperature=1.0, top_k=2), g).tolist()) == {2, 3}
-    assert set(_sample(logits, GenerationConfig(temperature=5.0), g).tolist()) == {0, 1, 2, 3}
+    assert set(sample(logits, GenerationConfig(temperature=1.0, top_k=1), g).tolist()) == {2}
+    assert set(sample(logits, GenerationConfig(temperature=1.0, top_p=0.01), g).tolist()) == {2}
+    assert set(sample(logits, GenerationConfig(temperature=1.0, top_k=2), g).tolist()) == {2, 3}
+    assert set(sample(logits, GenerationConfig(temperature=5.0), g).tolist()) == {0, 1, 2, 3}
 
 
-def test_greedy_from_a_cached_prefix_gives_the_tokens_of_a_fresh_encoding(local_backend):
-    """Local greedy decoding starts from the cache of the prefix it shares with the previous call (the
-    exemplars of the next problem, the calculator's prompt after a pause): same tokens as encoding everything
-    anew, with the shared tokens encoded once."""
+def test_greedy_from_a_known_prefix_gives_the_tokens_of_a_fresh_encoding(model_path):
+    """A row starts from the longest prefix whose keys are known (the first prompt's exemplars for the next
+    problem, its own slot's tokens for the calculator's prompt after a pause): the tokens transformers gives
+    when it encodes everything anew, with the shared tokens encoded once."""
     first = _prompt(0)
     prompts = [first, _prompt(1), first + " She has 16 - 3 - 4 = <<16-3-4=9>>9 eggs left"]  # as after a pause
     gen = GenerationConfig(max_new_tokens=24, stop=NEVER)
+    backend = load_backend("local", model_path)  # nothing known yet
+    tok, model = backend.tokenizer, backend.model
     encoded = []
-    hook = local_backend.model.get_input_embeddings().register_forward_hook(
-        lambda module, args, out: encoded.append(args[0].numel()))
-
-    def tokens_and_encoded(reuse):
-        local_backend.reuse_prefix, local_backend._prefix = reuse, ([], None)
-        encoded.clear()
-        return [local_backend.generate(p, gen)[0].token_ids for p in prompts], sum(encoded)
-
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: encoded.append(args[0].numel()))
     try:
-        fresh, fresh_encoded = tokens_and_encoded(False)
-        reused, reused_encoded = tokens_and_encoded(True)
+        got = [backend.generate(p, gen)[0].token_ids for p in prompts]
     finally:
         hook.remove()
-        local_backend.reuse_prefix = True
-    assert reused == fresh
-    shared = len(local_backend.tokenizer(first).input_ids) - 1
-    assert fresh_encoded - reused_encoded >= shared  # at least the first prompt again, after the pause
+    for p, ids in zip(prompts, got):
+        x = tok(p, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            want = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=24, do_sample=False,
+                                  pad_token_id=tok.eos_token_id)[0, x.shape[1]:].tolist()
+        assert ids == want
+    ids = [tok(p).input_ids for p in prompts]
+    exemplars = next(i for i, (a, b) in enumerate(zip(ids[0], ids[1])) if a != b)
+    decoded = 3 * 23  # each generated token but the last is fed back once
+    assert sum(encoded) - decoded == sum(map(len, ids)) - exemplars - (len(ids[0]) - 1)

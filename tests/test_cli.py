@@ -165,6 +165,7 @@ def test_backend_errors_are_recorded_apart_and_retried_with_a_flag(tmp_path, mon
     """A failed generation (injected into the real local backend) becomes a record with its error that no
     score counts; a plain rerun keeps it, `--retry-errors` solves it again; three in a row stop the run."""
     from gsmswarm import backends
+    from gsmswarm.backends.local import LocalBackend
     from gsmswarm.cli import main
     from gsmswarm.data import load_split
 
@@ -174,14 +175,21 @@ def test_backend_errors_are_recorded_apart_and_retried_with_a_flag(tmp_path, mon
     path, summary = out / "cot" / f"{run}.jsonl", out / "cot" / f"{run}.summary.json"
     questions = [p.question for p in load_split("test", 8)]
     failing = {questions[1]}
-    generate = backends.Backend.generate
+    submit, step, refused = LocalBackend.submit, LocalBackend.step, []
 
-    def failing_generate(self, prompt, gen):
+    def failing_submit(self, key, prompt, gen, seed=0):  # a failing request is answered by the next step
         if any(q in prompt for q in failing):
-            raise backends.BackendError("the swarm failed after 4 tries: injected")
-        return generate(self, prompt, gen)
+            refused.append(key)
+        else:
+            submit(self, key, prompt, gen, seed)
 
-    monkeypatch.setattr(backends.Backend, "generate", failing_generate)
+    def failing_step(self):
+        errors = [(key, backends.BackendError("the swarm failed after 4 tries: injected")) for key in refused]
+        refused.clear()
+        return errors + step(self)
+
+    monkeypatch.setattr(LocalBackend, "submit", failing_submit)
+    monkeypatch.setattr(LocalBackend, "step", failing_step)
     assert main([*args, "--limit", "4"]) == 0
     assert "1 problems are recorded as backend errors" in capsys.readouterr().err
     records = read_records(path)

@@ -83,7 +83,9 @@ def test_losing_every_holder_of_a_block_records_backend_errors_stops_and_retries
         assert "Traceback" not in stderr
         records = read_records(path)
         errors = [r for r in records if r["error"]]
-        assert len(records) < 6 and len(errors) == 3 and records[-3:] == errors
+        in_finish_order = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(records) < 6 and len(errors) == 3
+        assert sorted(in_finish_order[-3:], key=lambda r: r["idx"]) == errors  # the 3 written after the kill
         assert all(r["error"].startswith("backend_error: ") and "completions" not in r for r in errors)
         print(f"run stopped {took:.0f} s after the last holder of blocks 15:30 died: {last}")
 
@@ -143,7 +145,7 @@ def test_client_sigkill_and_server_death_lose_no_record(model_path, tmp_path):
     """A CoT run is SIGKILLed after its first record, resumed, and loses the server serving it mid-problem:
     the run completes with every record once, equal to an uninterrupted run on the local model (greedy)."""
     out, ref = tmp_path / "results", tmp_path / "reference"
-    args = ["run", "--limit", "4", "--max-new-tokens", "48"]
+    args = ["run", "--limit", "4", "--max-new-tokens", "48", "--batch-size", "1"]  # one problem at a time
     path = out / "cot" / f"{RUN}.jsonl"
     env = {**os.environ, "INITIAL_PEERS": ""}
     with LoopbackSwarm(model_path, tmp_path / "swarm", block_ranges=["0:30", "0:30"]) as swarm:

@@ -3,9 +3,10 @@ answer; a real completion from the embedded model goes through the sandbox."""
 import pytest
 
 from gsmswarm.answers import INVALID, number_answer
-from gsmswarm.backends import Completion
+from gsmswarm.backends.scripted import ScriptedBackend
 from gsmswarm.config import GenerationConfig
 from gsmswarm.data import Problem, load_split
+from gsmswarm.engine import solve_one
 from gsmswarm.methods import get_method
 from gsmswarm.prompts import load_prompt
 
@@ -31,25 +32,9 @@ def qwen2_like_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
 
 
-class Scripted:
-    """A backend that answers with a fixed completion and remembers what it was asked."""
-
-    name = "scripted"
-
-    def __init__(self, text, tokenizer):
-        self.text, self.tokenizer, self.seen = text, tokenizer, []
-
-    def generate(self, prompt, gen):
-        self.seen.append((prompt, gen))
-        return [Completion(self.text, [1, 2, 3], truncated=False, latency_s=0.01)]
-
-    def n_tokens(self, text):
-        return len(text.split())
-
-
 def test_program_is_header_plus_completion_and_its_value_is_the_answer(local_backend):
-    backend = Scripted("\n    apples = 3 + 2\n    return apples", local_backend.tokenizer)
-    record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    backend = ScriptedBackend(["\n    apples = 3 + 2\n    return apples"], local_backend.tokenizer)
+    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
     prompt, gen = backend.seen[0]
     assert prompt.endswith(f'def solution():\n    """{PROBLEM.question}"""')
     assert gen.stop == ("\n\n\n", "\nQ:")  # programs have blank lines; the exemplars are 3+ newlines apart
@@ -60,22 +45,22 @@ def test_program_is_header_plus_completion_and_its_value_is_the_answer(local_bac
 
 def test_prompt_ends_with_the_newline_where_the_tokenizer_glues_it_to_the_closing_quotes():
     """Qwen2 makes the closing quotes and the newline one token: its prompt includes the newline."""
-    backend = Scripted("    apples = 3 + 2\n    return apples", qwen2_like_tokenizer())
-    record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    backend = ScriptedBackend(["    apples = 3 + 2\n    return apples"], qwen2_like_tokenizer())
+    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
     assert backend.seen[0][0].endswith(f'def solution():\n    """{PROBLEM.question}"""\n')
     assert record["programs"][0] == f'def solution():\n    """{PROBLEM.question}"""\n    apples = 3 + 2\n    return apples'
     assert record["pred"] == "5"
 
 
 def test_a_hostile_completion_is_refused_and_counted_wrong(local_backend):
-    backend = Scripted("\n    import os\n    return os.system('true')", local_backend.tokenizer)
-    record = get_method("pal").solve(PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    backend = ScriptedBackend(["\n    import os\n    return os.system('true')"], local_backend.tokenizer)
+    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
     assert record["sandbox"][0]["verdict"] == "refused" and record["pred"] == INVALID and not record["correct"]
 
 
 def test_real_completion_runs_through_the_sandbox(local_backend):
     problem = load_split("test", 1)[0]
-    record = get_method("pal").solve(problem, local_backend, load_prompt("pal_8shot"),
-                                     GenerationConfig(max_new_tokens=24))
+    record = solve_one(get_method("pal"), problem, local_backend, load_prompt("pal_8shot"),
+                       GenerationConfig(max_new_tokens=24))
     assert record["programs"][0].startswith("def solution():") and record["n_completion_tokens"][0] <= 24
     assert record["sandbox"][0]["verdict"] in {"ok", "refused", "error", "timeout", "memory", "killed"}

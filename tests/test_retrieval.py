@@ -10,6 +10,7 @@ import pytest
 
 from gsmswarm.config import GenerationConfig, UserError
 from gsmswarm.data import load_split
+from gsmswarm.engine import solve_one
 from gsmswarm.prompts import load_prompt
 from gsmswarm.retrieval import MARKER, open_index
 
@@ -123,13 +124,13 @@ def test_rag_prompt_shows_neighbours_as_exemplars_nearest_last(index_dir, local_
     seen = {}
     real_generate = local_backend.generate
 
-    def spy(prompt, gen):
+    def spy(prompt, gen, **kw):
         seen["prompt"] = prompt
-        return real_generate(prompt, gen)
+        return real_generate(prompt, gen, **kw)
 
     local_backend.generate = spy
     try:
-        record = rag.solve(problem, local_backend, load_prompt("rag_cot"), GenerationConfig(max_new_tokens=8),
+        record = solve_one(rag, problem, local_backend, load_prompt("rag_cot"), GenerationConfig(max_new_tokens=8),
                            index=index, k=3, order="nearest_last", exclude_self=False)
     finally:
         del local_backend.generate

@@ -2,7 +2,7 @@
 prompt's exemplars annotate each step as `21 - 15 = <<21-15=6>>6`; whenever the model opens `<<` and writes an
 expression up to `=`, generation pauses, the sandbox evaluates the expression, and its value plus `>>` are
 appended before generation continues. The model still chooses what to compute; only the arithmetic is taken
-out of its hands. Works through either backend (each pause is a new generate call on the extended text).
+out of its hands. Works through either backend (each pause is a new request with the extended text).
 """
 import dataclasses
 import re
@@ -17,7 +17,7 @@ from .cot import grade
 _EXPRESSION = re.compile(r"[\d\s.+\-*/()%]+")  # what the calculator accepts: arithmetic on numbers only
 
 
-def solve(problem: Problem, backend, template: str, gen) -> dict:
+def solve(problem: Problem, backend, template: str, gen):
     if gen.n != 1:
         raise UserError("--method calculator decodes one completion per problem (--samples 1)")
     prompt = render(template, question=problem.question)
@@ -29,7 +29,7 @@ def solve(problem: Problem, backend, template: str, gen) -> dict:
             truncated = True
             break
         stop = ("=", ">>", *gen.stop) if inside else ("<<", *gen.stop)
-        [c] = backend.generate(prompt + text, dataclasses.replace(gen, max_new_tokens=budget, stop=stop))
+        [c] = yield prompt + text, dataclasses.replace(gen, max_new_tokens=budget, stop=stop)
         n_tokens, latency = n_tokens + len(c.token_ids), latency + c.latency_s
         text += c.text
         if c.stop == "<<":

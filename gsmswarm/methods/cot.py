@@ -10,14 +10,15 @@ from ..metrics import majority_vote
 from ..prompts import render
 
 
-def solve(problem: Problem, backend, template: str, gen) -> dict:
+def solve(problem: Problem, backend, template: str, gen):
     """The method-specific part of a record: completions, preds per filter, the voted pred."""
-    return complete(render(template, question=problem.question), problem, backend, gen)
+    return (yield from complete(render(template, question=problem.question), problem, backend, gen))
 
 
-def complete(prompt: str, problem: Problem, backend, gen) -> dict:
-    """Generate from a finished prompt and grade: the record fields every prompting method shares."""
-    completions = backend.generate(prompt, gen)
+def complete(prompt: str, problem: Problem, backend, gen):
+    """Ask for completions of a finished prompt and grade them: the record fields every prompting method
+    shares. Like every `solve`, a generator: it yields `(prompt, gen)` and receives the completions."""
+    completions = yield prompt, gen
     return {
         **grade([c.text for c in completions], problem, prompt, backend),
         "truncated": [c.truncated for c in completions],

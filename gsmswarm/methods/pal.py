@@ -29,11 +29,11 @@ def closing_newline(tokenizer) -> str:
     return "" if text.index('"""\n') + 3 in ends else "\n"
 
 
-def solve(problem: Problem, backend, template: str, gen) -> dict:
+def solve(problem: Problem, backend, template: str, gen):
     gen = dataclasses.replace(gen, stop=tuple("\n\n\n" if s == "\n\n" else s for s in gen.stop))
     prompt = render(template, question=problem.question) + closing_newline(backend.tokenizer)
     header = prompt[prompt.rindex("def solution():"):]
-    completions = backend.generate(prompt, gen)
+    completions = yield prompt, gen
     programs, runs, preds = [], [], []
     for c in completions:
         program = header + c.text

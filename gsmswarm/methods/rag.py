@@ -22,10 +22,10 @@ def exemplar(problem: Problem) -> str:
     return f"Q: {problem.question}\nA: {problem.chain_of_thought}\n\n"
 
 
-def solve(problem: Problem, backend, template: str, gen, index, k: int, order: str, exclude_self: bool) -> dict:
+def solve(problem: Problem, backend, template: str, gen, index, k: int, order: str, exclude_self: bool):
     neighbours = index.query(problem.question, k, exclude_idx=problem.idx if exclude_self else None)
     shown = neighbours[::-1] if order == "nearest_last" else neighbours
     prompt = render(template, exemplars="".join(exemplar(n.problem) for n in shown), question=problem.question)
-    record = complete(prompt, problem, backend, gen)
+    record = yield from complete(prompt, problem, backend, gen)
     record["retrieved"] = [{"idx": n.idx, "distance": round(n.distance, 4)} for n in neighbours]  # nearest first
     return record
