@@ -109,7 +109,7 @@ def main() -> None:
     args = p.parse_args()
     from gsmswarm.results import git_commit
 
-    rows = []
+    commit, rows = git_commit(), []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for config in args.configs.split(","):
@@ -134,7 +134,7 @@ def main() -> None:
                          **lm_eval_run(f"lm-eval-{dtype}-{batch}", args, out, dtype, int(batch))})
     base = rows[0]
     print(f"\n{args.method}, {args.model}, {args.backend} backend, first {args.limit} test problems, code at "
-          f"{git_commit()}, {os.cpu_count()} cores; "
+          f"{commit}, {os.cpu_count()} cores; "
           f"ratios against the first row\n")
     print("| configuration | wall s | problems/h | generated tokens/s | correct | same completions as row 1 "
           "| peak RSS MB | speed-up |")
