@@ -5,8 +5,8 @@ from ..config import UserError
 
 # name -> module with `solve(problem, backend, template, gen, **tools)`, a generator that yields `(prompt, gen)`
 # requests, receives each request's completions and returns the record's fields (see gsmswarm.engine); `tools`
-# come from the module's optional `setup(run_config)` (an index, say), made once per run. Self-consistency is chain-of-thought
-# with sampled completions and a vote: same module, its own name so its runs are labelled as such.
+# come from the module's optional `setup(run_config)` (an index, say), made once per run. Self-consistency is
+# chain-of-thought with sampled completions and a vote: same module, its own name so its runs are labelled as such.
 METHODS = {"cot": "gsmswarm.methods.cot", "self_consistency": "gsmswarm.methods.cot",
            "rag": "gsmswarm.methods.rag", "pal": "gsmswarm.methods.pal",
            "calculator": "gsmswarm.methods.calculator"}
