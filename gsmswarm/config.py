@@ -36,9 +36,9 @@ class GenerationConfig:
         if self.temperature < 0:
             raise UserError(f"--temperature must be >= 0, got {self.temperature}")
         if self.n < 1:
-            raise UserError(f"--n must be >= 1, got {self.n}")
+            raise UserError(f"--samples (--n) must be >= 1, got {self.n}")
         if self.n > 1 and self.temperature == 0:
-            raise UserError("--n > 1 needs --temperature > 0: greedy decoding gives n identical completions")
+            raise UserError("--samples (--n) > 1 needs --temperature > 0: greedy decoding gives identical completions")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
 

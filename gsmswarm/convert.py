@@ -104,11 +104,11 @@ def resolve_model(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--model {name_or_path}: folder has no config.json")
+            raise UserError(f"--model {name_or_path}: folder has no config.json")
         return str(path.resolve())
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
-        raise FileNotFoundError(f"--model {name_or_path}: no such folder, not one of {', '.join(MODELS)}, "
-                                f"and not a hub id of the form org/name")
+        raise UserError(f"--model {name_or_path}: no such folder, not one of {', '.join(MODELS)}, "
+                        f"and not a hub id of the form org/name")
     return name_or_path  # a hub id: needs a hub (HF_HUB_OFFLINE=0) or a filled HF cache
 
 

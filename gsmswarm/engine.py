@@ -49,10 +49,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     if slots(template) != wanted:
         raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --method {config.method} "
                         f"fills {sorted(wanted)} (rag: use rag_cot)")
-    try:
-        model_path = resolve_model(config.model)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    model_path = resolve_model(config.model)
     problems = load_split(config.split, config.limit)
     soft_prompt = None
     if config.soft_prompt:

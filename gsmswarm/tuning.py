@@ -200,10 +200,7 @@ def train(config: TuningConfig) -> Path:
     name = run_name(config)
     folder = Path(config.output_dir) / name
     template = load_prompt(config.prompt)
-    try:
-        model_path = resolve_model(config.model)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    model_path = resolve_model(config.model)
     meta = {**as_dict(config), "name": name, "prompt_hash": prompt_hash(template)}
     checkpoint = _read_checkpoint(folder, meta)
     folder.mkdir(parents=True, exist_ok=True)

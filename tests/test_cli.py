@@ -91,6 +91,12 @@ def one_line_error(result, *needles):
     (["run", "--model", "/nonexistent/model"], ["--model", "/nonexistent/model"]),
     (["run", "--prompt", "nope"], ["--prompt nope"]),
     (["run", "--n", "4"], ["--temperature"]),
+    (["run", "--samples", "0"], ["--samples"]),
+    (["run", "--batch-size", "0"], ["--batch-size"]),
+    (["run", "--dtype", "fp8"], ["--dtype", "fp8"]),
+    (["run", "--device", "tpu"], ["--device", "tpu"]),
+    (["parity", "--model", "/nope"], ["--model", "/nope"]),
+    (["train-prompt", "--model", "/nope"], ["--model", "/nope"]),
     (["run", "--initial-peers", "localhost:1234"], ["--initial-peers"]),
     (["summarize", "--output-dir", "/nonexistent"], ["--output-dir"]),
 ])
