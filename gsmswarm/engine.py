@@ -33,7 +33,7 @@ def solve_one(method, problem, backend, template: str, gen: GenerationConfig, **
 
 def run(config: RunConfig, gen: GenerationConfig) -> dict:
     """Solve every not-yet-solved problem of the split, appending records; return the run's summary."""
-    from .backends import open_backend
+    from .backends import open_backend, resolve_device
     from .convert import resolve_model
     from .data import load_split
     from .methods import SAMPLING_METHODS, get_method
@@ -50,6 +50,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
         raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --method {config.method} "
                         f"fills {sorted(wanted)} (rag: use rag_cot)")
     model_path = resolve_model(config.model)
+    resolve_device(config.device)  # --device cuda without CUDA: one line before any file is opened
     problems = load_split(config.split, config.limit)
     soft_prompt = None
     if config.soft_prompt:

@@ -95,6 +95,7 @@ def one_line_error(result, *needles):
     (["run", "--batch-size", "0"], ["--batch-size"]),
     (["run", "--dtype", "fp8"], ["--dtype", "fp8"]),
     (["run", "--device", "tpu"], ["--device", "tpu"]),
+    (["run", "--device", "cuda", "--output-dir", "/nonexistent/out"], ["--device cuda", "no CUDA"]),
     (["parity", "--model", "/nope"], ["--model", "/nope"]),
     (["train-prompt", "--model", "/nope"], ["--model", "/nope"]),
     (["run", "--initial-peers", "localhost:1234"], ["--initial-peers"]),
