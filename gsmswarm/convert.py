@@ -20,7 +20,7 @@ from .config import CACHE_DIR, UserError
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 2  # bump when the conversion changes, so cached folders are rebuilt
+CONVERTER_VERSION = 3  # bump when the conversion changes, so cached folders are rebuilt
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,7 @@ def _save_tokenizer(reader, arch: str, out: Path) -> None:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, additional_special_tokens=specials, clean_up_tokenization_spaces=False,
         bos_token=named["bos"], eos_token=named["eos"], unk_token=named.get("unknown"), pad_token=named["padding"],
+        model_input_names=["input_ids", "attention_mask"],  # Llama takes no token_type_ids
     )
     fast.chat_template = field["tokenizer.chat_template"].contents()
     fast.save_pretrained(str(out))

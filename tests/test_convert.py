@@ -81,6 +81,19 @@ def test_qwen2_converts_to_a_llama_with_the_reference_tokens_and_logits(tiny_qwe
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
+def test_converted_tokenizers_feed_generate_as_they_are(local_backend, tiny_qwen2):
+    """The plain Hugging Face idiom `model.generate(**tokenizer(text))` works on both kinds of converted
+    folder: the tokenizer returns only what Llama takes (before v3 it added token_type_ids, which raised)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for path in (local_backend.model_name, tiny_qwen2):
+        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+        inputs = tok("The capital of France is", return_tensors="pt")
+        assert set(inputs) == {"input_ids", "attention_mask"}
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=tok.eos_token_id)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+
+
 def test_qwen2_served_by_a_loopback_swarm_gives_the_reference_logits(tiny_qwen2, tmp_path):
     import torch
 
