@@ -51,17 +51,18 @@ while [ $# -gt 0 ]; do
   shift
 done
 run() { echo "+ $*" >&2; [ "$dry_run" = 1 ] || "$@"; }
+# The long-lived command replaces this shell, so SIGINT/SIGTERM sent to this script's PID (a notebook's
+# subprocess, a service manager, `kill`) reach the process that stops everything it started.
+run_exec() { echo "+ $*" >&2; [ "$dry_run" = 1 ] && exit 0; exec "$@"; }
 py=.venv/bin/python
 
 if [ "$mode" = local ]; then
-  run $py -m gsmswarm.swarm local --model "${model:-smollm2-135m}" --num-servers "$num_servers"
-  exit 0
+  run_exec $py -m gsmswarm.swarm local --model "${model:-smollm2-135m}" --num-servers "$num_servers"
 fi
 [ -n "$model" ] || { echo "error: server_run.sh: --model is required (or --local; see --help)" >&2; exit 2; }
 if [ "$mode" = public ]; then
   echo "note: joining the PUBLIC Petals swarm with Petals' own CLI (it checks PyPI and reports to the health monitor)" >&2
-  run $py -m petals.cli.run_server "$model" --port "$port" ${public_ip:+--public_ip "$public_ip"}
-  exit 0
+  run_exec $py -m petals.cli.run_server "$model" --port "$port" ${public_ip:+--public_ip "$public_ip"}
 fi
 if [ "$mode" != new ] && [ -z "$peers" ]; then
   echo "error: server_run.sh: give --initial-peers (or INITIAL_PEERS), or --new-swarm to start a private swarm; --public is the only way to the public swarm" >&2
@@ -87,7 +88,8 @@ if [ "$mode" = new ]; then
   if [ "$dry_run" = 0 ]; then
     rm -f .cache/swarm/initial_peers.txt
     "${dht[@]}" > .cache/swarm/dht.log 2>&1 &
-    trap 'kill -INT $! 2>/dev/null || true' EXIT
+    dht_pid=$!
+    trap 'kill -INT $dht_pid 2>/dev/null || true' EXIT
     for _ in $(seq 120); do [ -s .cache/swarm/initial_peers.txt ] && break; sleep 1; done
     [ -s .cache/swarm/initial_peers.txt ] || { echo "error: the DHT did not start; see .cache/swarm/dht.log" >&2; exit 1; }
     peers=$(grep "/ip4/$public_ip/" .cache/swarm/initial_peers.txt | head -1)
@@ -101,9 +103,17 @@ server=(python -m gsmswarm.swarm server "$model" "${blocks[@]}" --initial-peers 
         --torch-dtype "$dtype" --quant-type "$quant" --device "$device" --host "$host" --port "$port"
         --public-ip "$public_ip")
 if [ "$docker" = 1 ]; then
-  run docker run --rm --gpus all --ipc host -p "$port:$port" -v "$PWD:/gsmswarm" -w /gsmswarm \
-      -v "$HOME/.cache/huggingface:/root/.cache/huggingface" -e PYTHONPATH=/gsmswarm \
-      learningathome/petals:main "${server[@]}"
+  cmd=(docker run --rm --gpus all --ipc host -p "$port:$port" -v "$PWD:/gsmswarm" -w /gsmswarm
+       -v "$HOME/.cache/huggingface:/root/.cache/huggingface" -e PYTHONPATH=/gsmswarm
+       learningathome/petals:main "${server[@]}")
 else
-  run "${py}" "${server[@]:1}"
+  cmd=("${py}" "${server[@]:1}")
 fi
+[ -n "${dht_pid:-}" ] || run_exec "${cmd[@]}"
+# with our own DHT peer: the server runs beside it, and a signal to this script stops both
+echo "+ ${cmd[*]}" >&2
+[ "$dry_run" = 1 ] && exit 0
+"${cmd[@]}" &
+server_pid=$!
+trap 'kill -INT $server_pid 2>/dev/null || true' INT TERM
+while kill -0 $server_pid 2>/dev/null; do wait $server_pid || true; done

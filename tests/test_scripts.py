@@ -1,9 +1,12 @@
 """server_run.sh --local starts a usable loopback swarm; client_run.sh passes flags through."""
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,7 +60,15 @@ def test_gpu_node_dry_runs_print_a_private_swarm():
     assert setup.returncode == 0 and "+ bash install.sh" in setup.stderr and "torch==2.13.0 --index-url" in setup.stderr
 
 
-def test_server_run_local_serves_and_stops_on_sigint(tmp_path):
+def _in_session(sid: int) -> list:
+    out = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_server_run_local_serves_and_a_signal_to_its_pid_stops_everything(sig):
+    """What a notebook's subprocess, a script or a service manager does: signal the script's own PID (not
+    its process group); the DHT, both servers and their p2pd daemons must all be gone."""
     proc = subprocess.Popen(["bash", "server_run.sh", "--local"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -67,9 +78,15 @@ def test_server_run_local_serves_and_stops_on_sigint(tmp_path):
             lines.append(proc.stdout.readline())
         peers = next(line for line in lines if line.startswith("export")).split('"')[1].split()
         assert peers and all(p.startswith("/ip4/127.0.0.1/tcp/") for p in peers)
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=90) == 0
+        deadline = time.monotonic() + 30
+        while (left := _in_session(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, left
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_prompt_tuning_scripts_wrap_the_cli():
