@@ -12,6 +12,7 @@ problems in flight; rerunning the same command resumes with the problems that ha
 """
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Dict
 
@@ -104,6 +105,7 @@ class _Loop:
         self.base, self.writer, self.path, self.problems = base, writer, path, problems
         self.in_flight: Dict[int, tuple] = {}  # problem idx -> (problem, solver)
         self.errors_in_a_row, self.tokens = 0, 0
+        self.last_write = time.perf_counter()
 
     def run(self, todo) -> None:
         from tqdm import tqdm
@@ -151,6 +153,10 @@ class _Loop:
         self.backend.submit(problem.idx, prompt, gen, seed=problem.idx)
 
     def _write(self, problem, record: dict) -> None:
+        """Append the record with `wall_s`, the time since the previous record: over a run these add up to its
+        wall time, so seconds per problem stay meaningful when many problems overlap (`latency_s` does not)."""
+        now = time.perf_counter()
+        record["wall_s"], self.last_write = round(now - self.last_write, 3), now
         self.in_flight.pop(problem.idx, None)
         self.writer.write(record)
         self.bar.update()

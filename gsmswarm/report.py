@@ -29,7 +29,8 @@ def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
         "maj_curve": maj_curve(answered) if n_samples > 1 else None,
         "taxonomy": taxonomy(records),
         "n_completion_tokens": sum(sum(r["n_completion_tokens"]) for r in answered),
-        "generation_s": round(sum(r["latency_s"] for r in answered), 1),
+        # wall time of the engine's loop (records since the engine carry it); before, problems ran one at a time
+        "generation_s": round(sum(r.get("wall_s", r["latency_s"]) for r in answered), 1),
         "truncated_rate": (sum(sum(r["truncated"]) for r in answered) / sum(len(r["truncated"]) for r in answered)
                            if answered else 0.0),
     }

@@ -209,4 +209,15 @@ def test_a_run_killed_mid_batch_resumes_to_the_uninterrupted_records(tmp_path):
     want = {r["idx"]: r for r in read_records(tmp_path / "whole" / "cot" / name)}
     for r in lines:
         assert r["completions"] == want[r["idx"]]["completions"] and r["batch_size"] == 4
-        assert r["dtype"] == "float32"
+        assert r["dtype"] == "float32" and r["wall_s"] >= 0
+
+
+def test_a_batch_that_cannot_fit_is_one_line(model_path, monkeypatch):
+    from gsmswarm.backends import kv_llama
+    from gsmswarm.config import UserError
+
+    monkeypatch.setattr(kv_llama, "free_bytes", lambda device: 2**30)  # 1 GiB free
+    backend = load_backend("local", model_path, batch_size=4096)
+    backend.submit(0, _prompts(1)[0], GenerationConfig(max_new_tokens=8))
+    with pytest.raises(UserError, match=r"--batch-size 4096: .* GiB .* use a smaller --batch-size"):
+        backend.step()

@@ -18,6 +18,16 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from ..config import UserError
+
+
+def free_bytes(device) -> int:
+    """Memory an allocation on `device` can take now: CUDA's free memory, else Linux's MemAvailable."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
 
 class SlotCache:
     """Keys and values per layer, [slots, kv_heads, capacity, head_dim]; grows (by copying) when asked."""
@@ -25,6 +35,8 @@ class SlotCache:
     def __init__(self, config, slots: int, capacity: int, dtype, device):
         heads, dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
         shape = (slots, heads, capacity, dim)
+        _check_fits(2 * config.num_hidden_layers * slots * heads * capacity * dim * dtype.itemsize, device, slots,
+                    capacity)
         self.k: List[torch.Tensor] = [torch.zeros(shape, dtype=dtype, device=device)
                                       for _ in range(config.num_hidden_layers)]
         self.v: List[torch.Tensor] = [torch.zeros_like(k) for k in self.k]
@@ -37,6 +49,9 @@ class SlotCache:
         if capacity <= self.capacity:
             return
         capacity = max(capacity, int(self.capacity * 1.25))
+        k = self.k[0]
+        _check_fits(2 * len(self.k) * k[:, :, :1].numel() * capacity * k.element_size(), k.device, k.shape[0],
+                    capacity)
 
         def grown(t):
             new = t.new_zeros((*t.shape[:2], capacity, t.shape[3]))
@@ -54,6 +69,15 @@ class SlotCache:
     def copy_out(self, slot: int, n: int):
         """Positions [0, n) of `slot`, as a prefix for `copy_in`."""
         return ([k[slot, :, :n].clone() for k in self.k], [v[slot, :, :n].clone() for v in self.v])
+
+
+def _check_fits(need: int, device, slots: int, capacity: int) -> None:
+    """A batch that cannot fit stops with one line instead of the out-of-memory killer ending the run."""
+    free = free_bytes(device)
+    if need > 0.9 * free:
+        raise UserError(f"--batch-size {slots}: the attention cache of {slots} rows x {capacity} positions needs "
+                        f"{need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free on {device}; use a smaller "
+                        f"--batch-size (the records so far are kept)")
 
 
 def embed(model, ids: torch.Tensor) -> torch.Tensor:
