@@ -205,8 +205,10 @@ def open_backend(name: str, model_path: str, initial_peers: Sequence[str] = (), 
         yield backend
 
 
-def sample(logits, gen: GenerationConfig, generator):
-    """One token per row: temperature, then top-k, then top-p (nucleus), as transformers' warpers do."""
+def sample(logits, gen: GenerationConfig, generators):
+    """One token per row: temperature, then top-k, then top-p (nucleus), as transformers' warpers do, then one
+    draw per row from its own generator (`generators`: one per row, or one for all), by inverse CDF, so that a
+    whole batch samples in one vectorised step and each row's draws do not depend on the others."""
     import torch
 
     logits = logits / gen.temperature
@@ -219,4 +221,8 @@ def sample(logits, gen: GenerationConfig, generator):
         drop_sorted = probs.cumsum(-1) - probs >= gen.top_p  # keep the smallest prefix whose mass reaches top_p
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+    cdf = logits.softmax(-1).cumsum(-1)
+    rows = generators if isinstance(generators, (list, tuple)) else [generators] * len(cdf)
+    u = torch.tensor([torch.rand((), generator=g).item() for g in rows], dtype=cdf.dtype, device=cdf.device)
+    # the first token whose cumulative probability exceeds u: never one of probability 0
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)

@@ -228,11 +228,18 @@ class LocalBackend(Backend):
     def _choose(self, rows: List[_Row], hidden, finished: List[_Request]) -> None:
         """Next token of each row from its final hidden state; rows that stop free their slots."""
         logits = self.model.lm_head(hidden).float()
-        greedy = logits.argmax(-1).tolist()
-        eos = self.tokenizer.eos_token_id
+        tokens = logits.argmax(-1).tolist()
+        sampled: Dict[GenerationConfig, List[int]] = {}  # rows with the same settings sample in one step
         for i, row in enumerate(rows):
+            if row.generator is not None:
+                sampled.setdefault(row.request.gen, []).append(i)
+        for gen, index in sampled.items():
+            draws = sample(logits[index].cpu(), gen, [rows[i].generator for i in index]).tolist()
+            for i, token in zip(index, draws):
+                tokens[i] = token
+        eos = self.tokenizer.eos_token_id
+        for row, token in zip(rows, tokens):
             gen = row.request.gen
-            token = greedy[i] if row.generator is None else int(sample(logits[i:i + 1].cpu(), gen, row.generator))
             row.new.append(token)
             tail = self.tokenizer.decode(row.new[-STOP_TAIL:])
             if token == eos or len(row.new) >= gen.max_new_tokens or any(s in tail for s in gen.stop):
