@@ -89,7 +89,8 @@ def lm_eval_run(label, args, out: Path, dtype: str, batch_size: int) -> dict:
                     "--output_path", str(out / label)],
                    env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     samples = [json.loads(line) for p in (out / label).rglob("samples_*.jsonl") for line in p.read_text().splitlines()]
-    correct = sum(s["exact_match"] for s in samples if s.get("filter") == "strict-match") if samples else None
+    # lm-eval's own strict-match grading ("The answer is N.")
+    correct = int(sum(s["exact_match"] for s in samples if s.get("filter") == "strict-match")) if samples else None
     completions = {s["doc_id"]: s["resps"][0][0] for s in samples if s.get("filter") == "strict-match"}
     return {**result, "correct": correct, "completions": completions}
 
