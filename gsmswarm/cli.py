@@ -1,7 +1,8 @@
 """Command line: `python -m gsmswarm {run,parity,train-prompt,build-index,summarize,convert} --help`.
 
-Generation happens here; notebooks read what it writes. Flags map 1:1 onto the fields of `RunConfig` and
-`GenerationConfig` (`--max-new-tokens` is `max_new_tokens`); an unknown flag is an error.
+Generation is started here (`run` calls `gsmswarm.engine.run`); notebooks read what it writes. Flags map 1:1
+onto the fields of `RunConfig` and `GenerationConfig` (`--max-new-tokens` is `max_new_tokens`); an unknown flag
+is an error.
 """
 import argparse
 import codecs
