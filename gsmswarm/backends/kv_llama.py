@@ -66,6 +66,12 @@ class SlotCache:
             self.k[layer][slot, :, :n] = prefix_k[layer][:, :n]
             self.v[layer][slot, :, :n] = prefix_v[layer][:, :n]
 
+    def move(self, src: int, dst: int, n: int) -> None:
+        """Positions [0, n) of slot `src` into slot `dst`."""
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+
     def copy_out(self, slot: int, n: int):
         """Positions [0, n) of `slot`, as a prefix for `copy_in`."""
         return ([k[slot, :, :n].clone() for k in self.k], [v[slot, :, :n].clone() for v in self.v])

@@ -199,7 +199,7 @@ class LocalBackend(Backend):
                 return
             row = self._rows.pop(hi)
             n = len(row.tokens) + len(row.new) - 1
-            self._cache.copy_in(free[0], *self._cache.copy_out(hi, n), n)
+            self._cache.move(hi, free[0], n)
             self._rows[free[0]] = row
             self._kept.pop(free[0], None)
 
