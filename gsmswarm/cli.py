@@ -1,4 +1,4 @@
-"""Command line: `python -m gsmswarm {run,parity,train-prompt,build-index,summarize,convert} --help`.
+"""Command line: `python -m gsmswarm {run,study,parity,train-prompt,build-index,summarize,convert} --help`.
 
 Generation is started here (`run` calls `gsmswarm.engine.run`); notebooks read what it writes. Flags map 1:1
 onto the fields of `RunConfig` and `GenerationConfig` (`--max-new-tokens` is `max_new_tokens`); an unknown flag
@@ -79,10 +79,12 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
 
 
 def summarize(output_dir: str) -> None:
-    """Recompute every run's summary from its records; print the tables; write plots beside the runs."""
-    from .report import (comparison_table, format_table, maj_table, plot_accuracy, plot_maj_curves, run_path,
-                         summarize_run)
+    """Recompute every run's summary from its records; print the tables and, per model, the study's verdicts;
+    write plots beside the runs."""
+    from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, run_path,
+                         run_records, summarize_run, text_table)
     from .results import load_runs, read_records
+    from .study import comparison_rows, find_arms, verdict_rows, verdicts
 
     runs = load_runs(output_dir)
     if not runs:
@@ -92,13 +94,46 @@ def summarize(output_dir: str) -> None:
     print(format_table(runs))
     if len(runs) > 1:
         print("\n" + comparison_table(runs))
-    plots = [Path(output_dir) / "accuracy.png"]
-    plot_accuracy(runs, plots[0])
+    arms = {m: a for m in sorted({r["config"]["model"] for r in runs}) if (a := find_arms(runs, m))}
+    for model, by_arm in arms.items():
+        comparisons, claims = verdicts({arm: run_records(s) for arm, s in by_arm.items()})
+        if comparisons:
+            print(f"\nthe study, {model} (p Holm-adjusted across these {len(comparisons)} comparisons):")
+            print(text_table(verdict_rows(claims)) if claims else "no claim has all its arms run yet")
+            print(text_table(comparison_rows(comparisons)))
+    plots = []
+    if arms:
+        plots.append(Path(output_dir) / "accuracy.png")
+        plot_forest(arms, plots[-1])
     if any(r["maj_curve"] for r in runs):
         print("\n" + maj_table(runs))
         plots.append(Path(output_dir) / "maj_at_k.png")
-        plot_maj_curves(runs, plots[1])
-    print("\nplots: " + ", ".join(map(str, plots)))
+        plot_maj_curves(runs, plots[-1])
+    print("\nplots: " + (", ".join(map(str, plots)) or "none (no study arm run yet)"))
+
+
+def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
+    """Run the study's arms in order (every arm an ordinary resumable run); skip an arm whose soft prompt has not
+    been trained yet, saying how to train it."""
+    from .report import format_table
+    from .results import run_name
+    from .study import ARMS, arm_config
+
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise UserError(f"study: no arm {', '.join(map(repr, unknown))} (arms: {', '.join(ARMS)})")
+    for arm in arms or ARMS:
+        config, gen = arm_config(arm, **common)
+        if list_only:
+            print(f"{arm:11} {ARMS[arm].label:15} {config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
+            continue
+        if config.soft_prompt and not Path(config.soft_prompt).is_dir():
+            print(f"[{arm}] skipped: no soft prompt {config.soft_prompt} yet (bash prompt_tuning/train.sh)")
+            continue
+        from .engine import run
+
+        print(f"[{arm}] {ARMS[arm].label}")
+        print(format_table([run(config, gen)]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -110,6 +145,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for p in (p_run, p_par):
         _add_dataclass_flags(p, RunConfig)
         _add_dataclass_flags(p, GenerationConfig)
+    p_study = sub.add_parser("study", help="run the study's arms (CoT, PT, RAG, PT+RAG, ...) in order, each resumable",
+                             description="Run the study's arms in order, each an ordinary resumable run, with "
+                                         "--backend local unless given; the flags below apply to every arm.")
+    p_study.add_argument("arms", nargs="*", metavar="ARM", help="arms to run (default: all, in order; see --list)")
+    p_study.add_argument("--list", action="store_true", help="print the arms and what each sets, run nothing")
+    from .study import ARM_FIELDS
+
+    for cls in (RunConfig, GenerationConfig):  # the flags common to every arm; the arms set the rest
+        _add_dataclass_flags(p_study, cls, only=[f.name for f in dataclasses.fields(cls) if f.name not in ARM_FIELDS])
     p_sum = sub.add_parser("summarize", help="print a table of every run's summary in a results folder")
     p_sum.add_argument("--output-dir", default="method_results", help="folder written by `run`")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
@@ -147,6 +191,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .tuning import train
 
             print(f"soft prompt: {train(_build(TuningConfig, args))}")
+            return 0
+        if args.command == "study":
+            names = {f.name for cls in (RunConfig, GenerationConfig) for f in dataclasses.fields(cls)}
+            study(args.arms, {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
+                              if k in names}, args.list)
             return 0
         config, gen = _build(RunConfig, args), _build(GenerationConfig, args)
         if args.command == "parity":

@@ -1,5 +1,6 @@
-"""Scores computed from records: accuracy with 95% Wilson intervals, majority votes and maj@k curves,
-and exact McNemar tests for two runs on the same problems. Extraction lives in answers.py; this module
+"""Scores computed from records: accuracy with 95% Wilson intervals, majority votes and maj@k curves, and for
+two runs on the same problems the exact McNemar test, a paired bootstrap interval of the difference, and Holm's
+correction across a family of such tests. Extraction lives in answers.py; this module
 only compares strings."""
 import math
 from collections import Counter
@@ -74,12 +75,41 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 
 def paired(records_a: List[dict], records_b: List[dict]) -> Dict[str, float]:
-    """Compare two runs on the problems both solved: counts of the four outcomes and the McNemar p-value."""
+    """Compare two runs on the problems both solved: counts of the four outcomes, the exact McNemar p-value, and
+    the difference in accuracy (a minus b) with its paired bootstrap 95% interval."""
     a = {r["idx"]: r["correct"] for r in records_a}
     b = {r["idx"]: r["correct"] for r in records_b}
     common = sorted(a.keys() & b.keys())
     both = sum(a[i] and b[i] for i in common)
     only_a = sum(a[i] and not b[i] for i in common)
     only_b = sum(b[i] and not a[i] for i in common)
+    diff, lo, hi = paired_bootstrap([a[i] for i in common], [b[i] for i in common]) if common else (0.0, 0.0, 0.0)
     return {"n": len(common), "both_right": both, "only_a": only_a, "only_b": only_b,
-            "both_wrong": len(common) - both - only_a - only_b, "p_value": mcnemar_exact(only_a, only_b)}
+            "both_wrong": len(common) - both - only_a - only_b, "p_value": mcnemar_exact(only_a, only_b),
+            "diff": diff, "diff_ci_low": lo, "diff_ci_high": hi}
+
+
+def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_resamples: int = 10_000,
+                     seed: int = 0) -> Tuple[float, float, float]:
+    """Accuracy of a minus accuracy of b on the same problems, with a 95% percentile interval from resampling
+    problems (pairs stay together, so the interval reflects how correlated the two runs are)."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.int8), np.asarray(b, dtype=np.int8)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError("paired_bootstrap needs two equally long, non-empty outcome lists")
+    diff = a - b
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_resamples, len(diff)))
+    lo, hi = np.quantile(diff[idx].mean(axis=1), [0.025, 0.975])
+    return float(diff.mean()), float(lo), float(hi)
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given: a family of tests keeps its error rate at alpha
+    when each adjusted p is compared with alpha (uniformly more powerful than Bonferroni)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

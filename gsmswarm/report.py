@@ -4,7 +4,7 @@ A run's summary is recomputed from its records (never edited by hand) and saved 
 `<run>.summary.json` with the resolved config, so every figure can say how it was made.
 """
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from .answers import FILTERS
 from .config import RunConfig
@@ -38,7 +38,7 @@ def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
     return summary
 
 
-def _table(rows: List[tuple]) -> str:
+def text_table(rows: List[tuple]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -57,7 +57,7 @@ def format_table(summaries: List[dict]) -> str:
                      f"{s['metrics']['strict']['accuracy']:.3f}", f"{s['metrics']['flexible']['accuracy']:.3f}",
                      f"{m['invalid_rate']:.2f}", f"{s['truncated_rate']:.2f}",
                      f"{s['generation_s'] / max(m['n'], 1):.1f}", str(s.get("n_backend_errors", 0))))
-    return _table(rows)
+    return text_table(rows)
 
 
 def run_path(summary: dict) -> Path:
@@ -98,7 +98,7 @@ def comparison_table(summaries: List[dict]) -> str:
         p = paired(run_records(s), run_records(base))
         rows.append((s["run_id"], str(p["n"]), str(p["both_right"]), str(p["only_a"]), str(p["only_b"]),
                      str(p["both_wrong"]), f"{p['p_value']:.3f}"))
-    return _table(rows) + "".join(f"\nbaseline for {m}: {b['run_id']}" for m, b in bases.items())
+    return text_table(rows) + "".join(f"\nbaseline for {m}: {b['run_id']}" for m, b in bases.items())
 
 
 def maj_table(summaries: List[dict]) -> str:
@@ -107,7 +107,7 @@ def maj_table(summaries: List[dict]) -> str:
     for s in summaries:
         for m in s.get("maj_curve") or []:
             rows.append((s["run_id"], str(m["k"]), f"{m['accuracy']:.3f}", _ci(m), f"{m['invalid_rate']:.2f}"))
-    return _table(rows)
+    return text_table(rows)
 
 
 def method_comparison(runs: Dict[str, List[dict]]):
@@ -127,18 +127,31 @@ def method_comparison(runs: Dict[str, List[dict]]):
     return per_run, (pairs.set_index(["a", "b"]) if len(pairs) else pairs)  # one run has no pairs yet
 
 
-def plot_accuracy(summaries: List[dict], path: Path) -> None:
-    """Horizontal bars of accuracy with 95% intervals, one per run."""
+def plot_forest(arms: Dict[str, Dict[str, dict]], path: Path) -> None:
+    """The study at a glance: accuracy with its 95% interval for every arm (rows) and model (colours)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ms = [s["metrics"]["answer"] for s in summaries]
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(ms)))
-    ax.barh(range(len(ms)), [m["accuracy"] for m in ms],
-            xerr=[[m["accuracy"] - m["ci_low"] for m in ms], [m["ci_high"] - m["accuracy"] for m in ms]], capsize=3)
-    ax.set_yticks(range(len(ms)), [f"{s['run_id']} (n={m['n']})" for s, m in zip(summaries, ms)], fontsize=7)
-    ax.set_xlabel("accuracy (95% Wilson interval)")
+    from .study import ARMS
+
+    order = [a for a in ARMS if any(a in by_arm for by_arm in arms.values())]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.42 * len(order)))
+    for j, (model, by_arm) in enumerate(arms.items()):
+        ys = [order.index(a) + 0.3 * (j - (len(arms) - 1) / 2) for a in by_arm]
+        ms = [s["metrics"]["answer"] for s in by_arm.values()]
+        ax.errorbar([m["accuracy"] for m in ms], ys, fmt="o", capsize=3, label=model,
+                    xerr=[[m["accuracy"] - m["ci_low"] for m in ms], [m["ci_high"] - m["accuracy"] for m in ms]])
+        for y, m in zip(ys, ms):
+            ax.annotate(f"{m['accuracy']:.3f} (n={m['n']})", (m["ci_high"], y), xytext=(4, -3),
+                        textcoords="offset points", fontsize=6)
+    ax.set_yticks(range(len(order)), [ARMS[a].label for a in order])
+    ax.invert_yaxis()
+    ax.set_xlabel("GSM8K test accuracy (95% Wilson interval)")
+    top = max(s["metrics"]["answer"]["ci_high"] for by_arm in arms.values() for s in by_arm.values())
+    ax.set_xlim(0, top * 1.25 + 0.01)  # room for the labels right of the intervals
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=len(arms), frameon=False)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -76,6 +76,21 @@ def test_summarize_prints_tables_and_writes_plots(swarm, tmp_path):
     assert (out / "accuracy.png").stat().st_size > 1000
 
 
+def test_study_runs_its_arms_and_summarize_gives_their_verdicts(tmp_path):
+    out = tmp_path / "results"
+    study = cli("study", "cot", "ptune", "deep_ptune", "--limit", "2", "--max-new-tokens", "16",
+                "--output-dir", str(out))
+    assert study.returncode == 0, study.stderr[-2000:]
+    assert "[deep_ptune] skipped: no soft prompt" in study.stdout  # not trained for this model: said, not fatal
+    assert sorted(p.name for p in out.glob("*/*.jsonl")) == [
+        "cot__local__smollm2-135m__cot_8shot__test__n1__t0__s0.jsonl",
+        "cot__local__smollm2-135m__qa_zeroshot+ptune__petals__smollm2-135m__v16__s0__test__n1__t0__s0.jsonl"]
+    table = cli("summarize", "--output-dir", str(out))
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "the study, smollm2-135m" in table.stdout and "PT vs CoT 8-shot  2" in table.stdout
+    assert (out / "accuracy.png").stat().st_size > 1000
+
+
 def one_line_error(result, *needles):
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
@@ -100,6 +115,8 @@ def one_line_error(result, *needles):
     (["train-prompt", "--model", "/nope"], ["--model", "/nope"]),
     (["run", "--initial-peers", "localhost:1234"], ["--initial-peers"]),
     (["summarize", "--output-dir", "/nonexistent"], ["--output-dir"]),
+    (["study", "cot", "nope"], ["no arm", "'nope'"]),
+    (["study", "--method", "pal"], ["unrecognized arguments", "--method"]),  # the arms set the method
 ])
 def test_bad_input_gives_one_line(args, needles):
     one_line_error(cli(*args, timeout=60), *needles)

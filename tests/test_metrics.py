@@ -1,7 +1,8 @@
 import pytest
 
 from gsmswarm.answers import INVALID
-from gsmswarm.metrics import accuracy, maj_at_k, maj_curve, majority_vote, mcnemar_exact, paired, wilson_interval
+from gsmswarm.metrics import (accuracy, holm, maj_at_k, maj_curve, majority_vote, mcnemar_exact, paired,
+                              paired_bootstrap, wilson_interval)
 
 
 @pytest.mark.parametrize("preds, expected", [
@@ -59,3 +60,31 @@ def test_accuracy_per_filter():
     records = [_rec(0, "1", ["1"]), _rec(1, "2", [INVALID])]
     m = accuracy(records)
     assert (m["n"], m["correct"], m["invalid_rate"]) == (2, 1, 0.5)
+
+
+def test_holm_matches_hand_computed_adjustment():
+    # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.5 (x1); step-down keeps them monotone
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert holm([0.6, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_paired_bootstrap_interval():
+    same = [True, False] * 50
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)  # identical runs: no difference, no spread
+    a = [True] * 30 + [False] * 70
+    b = [True] * 20 + [False] * 80  # a solves 10 more, never fewer: every resample has a >= b
+    diff, lo, hi = paired_bootstrap(a, b, seed=1)
+    assert diff == pytest.approx(0.10) and 0.0 < lo < diff < hi < 0.2
+    assert paired_bootstrap(a, b, seed=1) == (diff, lo, hi)  # seeded: the same interval every time
+    # the normal approximation: the per-problem difference is 1 on 10 of 100 problems, sd = sqrt(0.1 * 0.9 / 100)
+    assert hi - lo == pytest.approx(2 * 1.96 * (0.1 * 0.9 / 100) ** 0.5, rel=0.25)
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b[:10])
+
+
+def test_paired_reports_the_difference_a_minus_b():
+    a = [_rec(i, "1", ["1" if i < 6 else "0"]) for i in range(10)]
+    b = [_rec(i, "1", ["1" if i < 2 else "0"]) for i in range(10)]
+    out = paired(a, b)
+    assert out["diff"] == pytest.approx(0.4) and out["diff_ci_low"] > 0 and out["diff_ci_high"] <= 0.8

@@ -1,0 +1,124 @@
+"""The study: which runs answer its question, and the verdicts they give.
+
+The question is the seed study's two claims: *prompt tuning beats RAG*, and *prompt tuning and RAG combine*.
+Each *arm* is one run config (what `python -m gsmswarm run` would be given); `python -m gsmswarm study` runs the
+arms in order, each resumable, and `verdicts` turns their records into a verdict per claim. Every comparison is
+paired (the same problems), reports the difference in accuracy with a paired bootstrap 95% interval, and is
+tested with the exact McNemar test, Holm-corrected across the whole family the README reports (each claim's
+comparisons and every arm against chain-of-thought), so a verdict survives having looked at many pairs.
+
+A claim is *confirmed* when its arm is significantly better than every arm it is claimed to beat, *refuted*
+when it is significantly worse than any of them, and *undecided* otherwise.
+"""
+import dataclasses
+from typing import Dict, List, NamedTuple, Tuple
+
+from .config import GenerationConfig, RunConfig
+from .metrics import holm, paired
+
+ALPHA = 0.05
+SOFT_PROMPT = "prompt_tuning/{mode}__petals__{model}__v16__s0"  # trained through the swarm, 120 steps
+
+
+class Arm(NamedTuple):
+    label: str  # its name in tables and figures
+    fields: dict  # RunConfig / GenerationConfig fields that differ from the defaults; "{model}" is filled in
+
+
+ARMS = {  # in the order `study` runs them: the claims' arms first
+    "cot": Arm("CoT 8-shot", {"method": "cot"}),
+    "ptune": Arm("PT", {"prompt": "qa_zeroshot", "soft_prompt": SOFT_PROMPT.format(mode="ptune", model="{model}")}),
+    "rag": Arm("RAG k=8", {"method": "rag"}),
+    "ptune_rag": Arm("PT + RAG", {"method": "rag", "soft_prompt": SOFT_PROMPT.format(mode="ptune", model="{model}")}),
+    "zeroshot": Arm("zero-shot", {"prompt": "qa_zeroshot"}),  # PT's frame without the soft prompt
+    "pal": Arm("PAL", {"method": "pal"}),
+    "calculator": Arm("calculator CoT", {"method": "calculator"}),
+    "deep_ptune": Arm("deep PT", {"prompt": "qa_zeroshot",
+                                  "soft_prompt": SOFT_PROMPT.format(mode="deep_ptune", model="{model}")}),
+    "sc_t0.7": Arm("SC k=8 T=0.7", {"method": "self_consistency", "n": 8, "temperature": 0.7}),
+    "sc_t0.3": Arm("SC k=8 T=0.3", {"method": "self_consistency", "n": 8, "temperature": 0.3}),
+}
+ARM_FIELDS = sorted({k for arm in ARMS.values() for k in arm.fields})  # what `study` refuses as a common flag
+
+
+class Claim(NamedTuple):
+    text: str
+    arm: str
+    beats: Tuple[str, ...]
+
+
+CLAIMS = (
+    Claim("prompt tuning beats RAG", "ptune", ("rag",)),
+    Claim("deep prompt tuning beats RAG", "deep_ptune", ("rag",)),
+    Claim("prompt tuning and RAG combine", "ptune_rag", ("ptune", "rag")),
+)
+
+
+def arm_config(arm: str, **common) -> Tuple[RunConfig, GenerationConfig]:
+    """The configs of one arm: `common` (model, backend, limit, device, ...) plus the arm's own fields. The
+    local backend unless `common` says otherwise: it is the engine the long runs use."""
+    from .results import model_short
+
+    common = {"backend": "local", **common}
+    fields = {k: v.format(model=model_short(common.get("model", RunConfig.model))) if isinstance(v, str) else v
+              for k, v in ARMS[arm].fields.items()}
+    merged = {**common, **fields}
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    return (RunConfig(**{k: v for k, v in merged.items() if k in run_keys}),
+            GenerationConfig(**{k: v for k, v in merged.items() if k not in run_keys}))
+
+
+def find_arms(summaries: List[dict], model: str, backend: str = "local") -> Dict[str, dict]:
+    """The arms of one model among loaded run summaries, by arm key (arms not run yet are absent)."""
+    from .results import run_name
+
+    by_id = {s["run_id"]: s for s in summaries}
+    names = {arm: run_name(*arm_config(arm, model=model, backend=backend)) for arm in ARMS}
+    return {arm: by_id[name] for arm, name in names.items() if name in by_id}
+
+
+def verdicts(records: Dict[str, List[dict]], alpha: float = ALPHA) -> Tuple[List[dict], List[dict]]:
+    """From each arm's graded records (one model; arm key -> records): every comparison of the family with its
+    Holm-adjusted p and outcome, and one verdict per claim whose arms have been run."""
+    family = [(c.arm, b) for c in CLAIMS for b in c.beats] + [(a, "cot") for a in ARMS if a != "cot"]
+    family = [pair for i, pair in enumerate(family) if pair not in family[:i] and all(x in records for x in pair)]
+    comparisons = [{"a": a, "b": b, **paired(records[a], records[b])} for a, b in family]
+    for c, p in zip(comparisons, holm([c["p_value"] for c in comparisons])):
+        c["p_holm"] = p
+        c["outcome"] = ("no difference" if p >= alpha else "better" if c["diff"] > 0 else "worse")
+    by_pair = {(c["a"], c["b"]): c for c in comparisons}
+    claims = []
+    for claim in CLAIMS:
+        found = [by_pair[(claim.arm, b)] for b in claim.beats if (claim.arm, b) in by_pair]
+        if len(found) < len(claim.beats):
+            continue
+        outcomes = [c["outcome"] for c in found]
+        verdict = ("confirmed" if all(o == "better" for o in outcomes) else
+                   "refuted" if "worse" in outcomes else "undecided")
+        claims.append({"claim": claim.text, "arm": claim.arm, "comparisons": found, "verdict": verdict})
+    return comparisons, claims
+
+
+def _diff(c: dict) -> str:
+    return f"{c['diff']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]"
+
+
+def verdict_rows(claims: List[dict]) -> List[tuple]:
+    """The verdict table: a header, then a row per comparison of each claim (the claim and its verdict on
+    its first row)."""
+    rows = [("claim", "verdict", "comparison", "n", "difference [95% CI]", "McNemar p", "Holm p")]
+    for claim in claims:
+        for i, c in enumerate(claim["comparisons"]):
+            rows.append((claim["claim"] if i == 0 else "", claim["verdict"] if i == 0 else "",
+                         f"{ARMS[c['a']].label} vs {ARMS[c['b']].label}", str(c["n"]), _diff(c),
+                         f"{c['p_value']:.3g}", f"{c['p_holm']:.3g}"))
+    return rows
+
+
+def comparison_rows(comparisons: List[dict]) -> List[tuple]:
+    """Every comparison of the family: the difference with its interval, raw and Holm-adjusted p, outcome."""
+    rows = [("comparison", "n", "only a", "only b", "difference [95% CI]", "McNemar p", "Holm p", "at 0.05")]
+    for c in comparisons:
+        rows.append((f"{ARMS[c['a']].label} vs {ARMS[c['b']].label}", str(c["n"]), str(c["only_a"]),
+                     str(c["only_b"]), _diff(c), f"{c['p_value']:.3g}", f"{c['p_holm']:.3g}", c["outcome"]))
+    return rows

@@ -1,0 +1,61 @@
+"""The study's verdicts from hand-built records: each claim's rule, Holm's correction across the family, and
+that the arms name the runs `study` writes."""
+import pytest
+
+from gsmswarm.results import run_name
+from gsmswarm.study import ARMS, CLAIMS, arm_config, find_arms, verdicts
+
+N = 200
+
+
+def runs(**solved):
+    """arm -> records where problems 0..k-1 are right (k = solved[arm]), the rest wrong."""
+    return {arm: [{"idx": i, "correct": i < k} for i in range(N)] for arm, k in solved.items()}
+
+
+def by_claim(claims):
+    return {c["arm"]: c for c in claims}
+
+
+def test_claims_confirmed_refuted_and_missing():
+    comparisons, claims = verdicts(runs(cot=30, ptune=60, rag=20, ptune_rag=40))
+    claims = by_claim(claims)
+    assert claims["ptune"]["verdict"] == "confirmed"  # 40 problems only PT solves, none only RAG solves
+    assert claims["ptune_rag"]["verdict"] == "refuted"  # beats RAG, but PT alone solves 20 more
+    assert [(c["a"], c["b"], c["outcome"]) for c in claims["ptune_rag"]["comparisons"]] == [
+        ("ptune_rag", "ptune", "worse"), ("ptune_rag", "rag", "better")]
+    assert "deep_ptune" not in claims  # not run: no verdict rather than a guess
+    pairs = [(c["a"], c["b"]) for c in comparisons]
+    assert len(pairs) == len(set(pairs)) == 6  # 3 claim pairs + 3 arms vs CoT, none twice
+    assert all(c["p_holm"] >= c["p_value"] for c in comparisons)
+
+
+def test_no_difference_is_undecided():
+    _, claims = verdicts(runs(cot=30, ptune=40, rag=40, ptune_rag=40))
+    assert {c["arm"]: c["verdict"] for c in claims} == {"ptune": "undecided", "ptune_rag": "undecided"}
+
+
+def test_holm_can_overturn_a_raw_p_below_alpha():
+    # PT solves 6 problems RAG does not (exact McNemar p = 0.031), RAG equals CoT: three comparisons, and
+    # Holm multiplies the smallest p by 3
+    comparisons, claims = verdicts(runs(cot=20, ptune=26, rag=20))
+    pt_vs_rag = next(c for c in comparisons if (c["a"], c["b"]) == ("ptune", "rag"))
+    assert pt_vs_rag["p_value"] == pytest.approx(0.03125) and pt_vs_rag["p_holm"] == pytest.approx(0.09375)
+    assert pt_vs_rag["diff"] == pytest.approx(6 / N) and pt_vs_rag["outcome"] == "no difference"
+    assert by_claim(claims)["ptune"]["verdict"] == "undecided"
+
+
+def test_claims_only_name_arms():
+    assert all(c.arm in ARMS and set(c.beats) <= set(ARMS) for c in CLAIMS)
+
+
+def test_arm_configs_fill_in_the_model_and_name_the_runs_find_arms_looks_up():
+    config, gen = arm_config("ptune_rag", model="qwen2.5-coder-0.5b", limit=100)
+    assert config.backend == "local" and config.method == "rag" and config.limit == 100
+    assert config.soft_prompt == "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s0"
+    config, gen = arm_config("sc_t0.3", model="smollm2-135m", backend="petals")
+    assert (config.backend, gen.n, gen.temperature) == ("petals", 8, 0.3)
+    summaries = [{"run_id": run_name(*arm_config(a, model="smollm2-135m"))} for a in ("cot", "pal")]
+    summaries.append({"run_id": run_name(*arm_config("rag", model="qwen2.5-coder-0.5b"))})  # another model
+    assert list(find_arms(summaries, "smollm2-135m")) == ["cot", "pal"]
+    assert find_arms(summaries, "smollm2-135m", backend="petals") == {}
