@@ -47,6 +47,16 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi
+# PAL and the calculator run model-written programs inside bubblewrap (gsmswarm/sandbox.py)
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "+ apt-get install bubblewrap (the program sandbox)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "note: bubblewrap ('bwrap') is missing: PAL and the calculator need it (sudo apt-get install bubblewrap)," \
+         "or run them with --sandbox unsafe" >&2
+  fi
+fi
 echo "+ $VENV/bin/python -m gsmswarm convert"
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -m gsmswarm convert
 for model in "${MODELS[@]}"; do

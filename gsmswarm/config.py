@@ -100,6 +100,9 @@ class RunConfig(BackendConfig):
     batch_size: Optional[int] = _help("local: completions decoded at once (rows of a continuous batch); petals: "
                                       "requests in flight, each in its own inference session; 1 decodes one "
                                       "problem at a time (default: 32 local, 4 petals)", default=None)
+    sandbox: str = _help("pal and calculator: 'bwrap' (programs isolated by the operating system, see "
+                         "gsmswarm/sandbox.py) or 'unsafe' (process limits only: a program can reach your files); "
+                         "records name it as `isolation`", default="bwrap")
     retry_errors: bool = _help("solve again the problems recorded as backend errors (a resumed run skips them "
                                "otherwise)", default=False)
 
@@ -112,6 +115,8 @@ class RunConfig(BackendConfig):
             raise UserError(f"--rag-k must be >= 1, got {self.rag_k}")
         if self.rag_order not in ("nearest_last", "nearest_first"):
             raise UserError(f"--rag-order must be nearest_last or nearest_first, got {self.rag_order!r}")
+        if self.sandbox not in ("bwrap", "unsafe"):
+            raise UserError(f"--sandbox must be bwrap or unsafe, got {self.sandbox!r}")
         if self.split not in ("test", "train", "dev"):
             raise UserError(f"--split must be test, train or dev, got {self.split!r}")
         if self.batch_size is None:

@@ -10,6 +10,7 @@ problem, so the backend's batch stays full while problems start, pause and finis
 Records are appended (and fsynced) in the order problems finish. A run killed at any moment loses only the
 problems in flight; rerunning the same command resumes with the problems that have no record.
 """
+import contextlib
 import json
 import sys
 import time
@@ -81,9 +82,14 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
         try:
             if todo:
                 tools = method.setup(config) if hasattr(method, "setup") else {}
-                with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix,
-                                  config.num_servers, CACHE_DIR / "swarm" / name, device=config.device,
-                                  dtype=config.dtype, batch_size=config.batch_size) as backend:
+                with contextlib.ExitStack() as stack:
+                    for tool in tools.values():  # a sandbox worker: stopped with the run
+                        if hasattr(tool, "close"):
+                            stack.callback(tool.close)
+                    backend = stack.enter_context(open_backend(
+                        config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
+                        CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype,
+                        batch_size=config.batch_size))
                     if soft_prompt is not None:
                         backend.set_soft_prompt(soft_prompt)
                     _Loop(method, backend, template, gen, tools, base, writer, path, problems).run(todo)

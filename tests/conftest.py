@@ -39,3 +39,12 @@ def petals_backend(model_path, swarm):
     backend = load_backend("petals", model_path, swarm.initial_peers, swarm.dht_prefix)
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """One isolated sandbox worker for the tests that run programs (PAL, the calculator)."""
+    from gsmswarm.sandbox import Sandbox
+
+    with Sandbox() as box:
+        yield box

@@ -116,6 +116,7 @@ def one_line_error(result, *needles):
     (["run", "--initial-peers", "localhost:1234"], ["--initial-peers"]),
     (["summarize", "--output-dir", "/nonexistent"], ["--output-dir"]),
     (["study", "cot", "nope"], ["no arm", "'nope'"]),
+    (["run", "--method", "pal", "--sandbox", "none"], ["--sandbox", "bwrap or unsafe"]),
     (["study", "--method", "pal"], ["unrecognized arguments", "--method"]),  # the arms set the method
 ])
 def test_bad_input_gives_one_line(args, needles):

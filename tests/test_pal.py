@@ -32,9 +32,10 @@ def qwen2_like_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
 
 
-def test_program_is_header_plus_completion_and_its_value_is_the_answer(local_backend):
+def test_program_is_header_plus_completion_and_its_value_is_the_answer(local_backend, sandbox):
     backend = ScriptedBackend(["\n    apples = 3 + 2\n    return apples"], local_backend.tokenizer)
-    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"),
+                       GenerationConfig(), sandbox=sandbox)
     prompt, gen = backend.seen[0]
     assert prompt.endswith(f'def solution():\n    """{PROBLEM.question}"""')
     assert gen.stop == ("\n\n\n", "\nQ:")  # programs have blank lines; the exemplars are 3+ newlines apart
@@ -43,24 +44,26 @@ def test_program_is_header_plus_completion_and_its_value_is_the_answer(local_bac
     assert record["pred"] == "5" and record["correct"] and record["preds"]["strict"] == ["5"]
 
 
-def test_prompt_ends_with_the_newline_where_the_tokenizer_glues_it_to_the_closing_quotes():
+def test_prompt_ends_with_the_newline_where_the_tokenizer_glues_it_to_the_closing_quotes(sandbox):
     """Qwen2 makes the closing quotes and the newline one token: its prompt includes the newline."""
     backend = ScriptedBackend(["    apples = 3 + 2\n    return apples"], qwen2_like_tokenizer())
-    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"),
+                       GenerationConfig(), sandbox=sandbox)
     assert backend.seen[0][0].endswith(f'def solution():\n    """{PROBLEM.question}"""\n')
     assert record["programs"][0] == f'def solution():\n    """{PROBLEM.question}"""\n    apples = 3 + 2\n    return apples'
     assert record["pred"] == "5"
 
 
-def test_a_hostile_completion_is_refused_and_counted_wrong(local_backend):
+def test_a_hostile_completion_is_refused_and_counted_wrong(local_backend, sandbox):
     backend = ScriptedBackend(["\n    import os\n    return os.system('true')"], local_backend.tokenizer)
-    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"), GenerationConfig())
+    record = solve_one(get_method("pal"), PROBLEM, backend, load_prompt("pal_8shot"),
+                       GenerationConfig(), sandbox=sandbox)
     assert record["sandbox"][0]["verdict"] == "refused" and record["pred"] == INVALID and not record["correct"]
 
 
-def test_real_completion_runs_through_the_sandbox(local_backend):
+def test_real_completion_runs_through_the_sandbox(local_backend, sandbox):
     problem = load_split("test", 1)[0]
     record = solve_one(get_method("pal"), problem, local_backend, load_prompt("pal_8shot"),
-                       GenerationConfig(max_new_tokens=24))
+                       GenerationConfig(max_new_tokens=24), sandbox=sandbox)
     assert record["programs"][0].startswith("def solution():") and record["n_completion_tokens"][0] <= 24
     assert record["sandbox"][0]["verdict"] in {"ok", "refused", "error", "timeout", "memory", "killed"}

@@ -11,13 +11,18 @@ from ..answers import INVALID, number_answer
 from ..config import UserError
 from ..data import Problem
 from ..prompts import render
-from ..sandbox import run_program
+from ..sandbox import Sandbox
 from .cot import grade
 
 _EXPRESSION = re.compile(r"[\d\s.+\-*/()%]+")  # what the calculator accepts: arithmetic on numbers only
 
 
-def solve(problem: Problem, backend, template: str, gen):
+def setup(config) -> dict:
+    """One isolated sandbox worker for the whole run."""
+    return {"sandbox": Sandbox(config.sandbox)}
+
+
+def solve(problem: Problem, backend, template: str, gen, sandbox: Sandbox):
     if gen.n != 1:
         raise UserError("--method calculator decodes one completion per problem (--samples 1)")
     prompt = render(template, question=problem.question)
@@ -36,7 +41,7 @@ def solve(problem: Problem, backend, template: str, gen):
             text, inside = text + "<<", True
         elif c.stop == "=" and inside:
             expression = text[text.rindex("<<") + 2:]
-            value = _calculate(expression)
+            value = _calculate(expression, sandbox)
             calls.append({"expression": expression, "value": value})
             text, inside = text + "=" + (f"{value}>>{value}" if value is not None else ""), value is None
         elif c.stop == ">>" and inside:
@@ -45,15 +50,15 @@ def solve(problem: Problem, backend, template: str, gen):
             truncated = c.truncated
             break
     record = grade([text], problem, prompt, backend)
-    return {**record, "calculator_calls": calls, "truncated": [truncated], "n_completion_tokens": [n_tokens],
+    return {**record, "calculator_calls": calls, "isolation": sandbox.kind, "truncated": [truncated], "n_completion_tokens": [n_tokens],
             "latency_s": round(latency, 3)}
 
 
-def _calculate(expression: str):
+def _calculate(expression: str, sandbox: Sandbox):
     """The expression's value written as answers are (no '.0', at most 6 decimals), or None if it is not
     plain arithmetic or fails (then the model finishes the annotation itself)."""
     if not _EXPRESSION.fullmatch(expression) or not expression.strip():
         return None
-    result = run_program(f"def solution():\n    return {expression.strip()}\n", timeout_s=2)
+    result = sandbox.run(f"def solution():\n    return {expression.strip()}\n", timeout_s=2)
     value = number_answer(result.value) if result.ok else INVALID
     return None if value == INVALID else value

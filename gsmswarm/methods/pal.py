@@ -19,7 +19,7 @@ from ..answers import INVALID, number_answer
 from ..data import Problem
 from ..metrics import majority_vote
 from ..prompts import render
-from ..sandbox import run_program
+from ..sandbox import Sandbox
 
 
 def closing_newline(tokenizer) -> str:
@@ -29,7 +29,12 @@ def closing_newline(tokenizer) -> str:
     return "" if text.index('"""\n') + 3 in ends else "\n"
 
 
-def solve(problem: Problem, backend, template: str, gen):
+def setup(config) -> dict:
+    """One isolated sandbox worker for the whole run (starting it per program would cost its start-up each time)."""
+    return {"sandbox": Sandbox(config.sandbox)}
+
+
+def solve(problem: Problem, backend, template: str, gen, sandbox: Sandbox):
     gen = dataclasses.replace(gen, stop=tuple("\n\n\n" if s == "\n\n" else s for s in gen.stop))
     prompt = render(template, question=problem.question) + closing_newline(backend.tokenizer)
     header = prompt[prompt.rindex("def solution():"):]
@@ -37,7 +42,7 @@ def solve(problem: Problem, backend, template: str, gen):
     programs, runs, preds = [], [], []
     for c in completions:
         program = header + c.text
-        result = run_program(program)
+        result = sandbox.run(program)
         programs.append(program)
         runs.append({"verdict": result.verdict, "value": result.value, "error": result.error})
         preds.append(number_answer(result.value) if result.ok else INVALID)
@@ -46,6 +51,7 @@ def solve(problem: Problem, backend, template: str, gen):
         "completions": [c.text for c in completions],
         "programs": programs,
         "sandbox": runs,
+        "isolation": sandbox.kind,
         "preds": {"answer": preds, "strict": preds, "flexible": preds},
         "pred": pred,
         "correct": pred == problem.gold,
