@@ -172,7 +172,7 @@ def outside(tmp_path_factory):
     o.close()
 
 
-BLOCKED = "ok"  # the attempt raised inside the program, which returned 0
+BLOCKED = "ok"  # the attempt raised OSError or ValueError inside the program, which then returned 0
 OS_FENCE = {  # name: (statements that try it, the verdict wanted); {names} come from Outside
     "unlink a file outside": ("os.unlink({victim!r})", BLOCKED),
     "unlink a file in the repository": ("os.unlink({repo_victim!r})", BLOCKED),
@@ -188,7 +188,7 @@ OS_FENCE = {  # name: (statements that try it, the verdict wanted); {names} come
     "write /usr": ("open('/usr/evil', 'w').write('x')", BLOCKED),
     "read /etc/passwd": ("open('/etc/passwd').read()", BLOCKED),
     "read the repository": ("open({repo!r} + '/README.md').read()", BLOCKED),
-    "list $HOME": ("assert set(os.listdir({home!r})) <= {{'.pyenv'}}, 'home visible'\n        raise OSError",
+    "list $HOME": ("if set(os.listdir({home!r})) - {{'.pyenv'}}:\n            return 1\n        raise OSError",
                    BLOCKED),  # at most the path down to the Python installation, bound read-only
     "connect to a listener on 127.0.0.1": ("socket.create_connection(('127.0.0.1', {tcp_port}), timeout=1)",
                                            BLOCKED),
@@ -210,16 +210,16 @@ OS_FENCE = {  # name: (statements that try it, the verdict wanted); {names} come
     "fork": ("os.fork()", BLOCKED),
     "fork past the process limit": ("n = 0\n        for _ in range(200):\n            try:\n"
                                     "                n += os.fork() > 0\n            except OSError:\n"
-                                    "                pass\n        assert n == 0\n        raise OSError", BLOCKED),
+                                    "                pass\n        if n:\n            return 1\n        raise OSError", BLOCKED),
     "run a shell": ("subprocess.run(['/bin/sh', '-c', 'touch {mark}'])", BLOCKED),
     "exec a binary": ("os.execv('/usr/bin/touch', ['touch', {mark!r}])", "killed"),  # replaced, no result
-    "ptrace its worker": ("assert ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == -1\n        raise OSError",
-                          BLOCKED),
+    "ptrace its worker": ("if ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == 0:\n            return 1\n"
+                          "        raise OSError", BLOCKED),
     "read its worker's pipes": ("open(f'/proc/{{os.getppid()}}/fd/0').read()", BLOCKED),
-    "mount a file system": ("assert ctypes.CDLL(None).mount(b'none', b'/tmp', b'tmpfs', 0, None) == -1\n"
-                            "        raise OSError", BLOCKED),
-    "create a user namespace": ("assert ctypes.CDLL(None).unshare(0x10000000) == -1\n        raise OSError",
-                                BLOCKED),
+    "mount a file system": ("if ctypes.CDLL(None).mount(b'none', b'/tmp', b'tmpfs', 0, None) == 0:\n"
+                            "            return 1\n        raise OSError", BLOCKED),
+    "create a user namespace": ("if ctypes.CDLL(None).unshare(0x10000000) == 0:\n            return 1\n"
+                                "        raise OSError", BLOCKED),
     "chroot": ("os.chroot('/tmp')", BLOCKED),
     "become root": ("os.setuid(0)", BLOCKED),
     "write a kernel setting": ("open('/proc/sys/kernel/hostname', 'w').write('x')", BLOCKED),
@@ -234,7 +234,7 @@ OS_FENCE = {  # name: (statements that try it, the verdict wanted); {names} come
 def test_the_os_fence_holds_on_its_own(sandbox, outside, name):
     attack, wanted = OS_FENCE[name]
     source = (f"def solution():\n    try:\n        {attack.format(**outside.names)}\n"
-              f"    except (OSError, ValueError, AssertionError):\n        return 0\n    return 1\n")
+              f"    except (OSError, ValueError):\n        return 0\n    return 1\n")
     start = time.monotonic()
     result = sandbox.run(source, timeout_s=2, static_check=False, language_fence=False, open_files=16)
     assert time.monotonic() - start < 2 + 6, result
