@@ -82,7 +82,7 @@ class ResultsWriter:
         records = read_records(self.path)
         self.done: Dict[int, dict] = {r["idx"]: r for r in records}
         self._drop_torn_tail()
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = None  # opened on the first record: a run that stops before any leaves no empty file
 
     def _drop_torn_tail(self) -> None:
         if not self.path.exists() or self.path.stat().st_size == 0:
@@ -101,13 +101,16 @@ class ResultsWriter:
     def write(self, record: dict) -> None:
         if record["idx"] in self.done and not self.done[record["idx"]].get("error"):
             raise ValueError(f"problem {record['idx']} is already in {self.path}")
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
         self.done[record["idx"]] = record
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> "ResultsWriter":
         return self

@@ -76,6 +76,15 @@ def test_summarize_prints_tables_and_writes_plots(swarm, tmp_path):
     assert (out / "accuracy.png").stat().st_size > 1000
 
 
+def test_pal_without_isolation_stops_with_one_line_before_any_work(tmp_path):
+    """No bubblewrap on PATH: one line naming the fix and the explicit way out, and nothing written."""
+    result = subprocess.run([sys.executable, "-m", "gsmswarm", "run", "--method", "pal", "--backend", "local",
+                             "--limit", "1", "--output-dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PATH": str(tmp_path)})
+    one_line_error(result, "bubblewrap", "--sandbox unsafe")
+    assert not list(tmp_path.glob("*/*.jsonl"))
+
+
 def test_study_runs_its_arms_and_summarize_gives_their_verdicts(tmp_path):
     out = tmp_path / "results"
     study = cli("study", "cot", "ptune", "deep_ptune", "--limit", "2", "--max-new-tokens", "16",
