@@ -157,6 +157,12 @@ class Tunable:
         return SoftPrompt(self.mode, prompts, intermediate, name)
 
 
+def training_problems() -> List[Problem]:
+    """GSM8K train without the dev problems: dev decides early stopping, and the test split is never read."""
+    dev = set(dev_indices())
+    return [p for p in load_split("train") if p.idx not in dev]
+
+
 def run_name(config: TuningConfig) -> str:
     from .results import model_short
 
@@ -205,8 +211,7 @@ def train(config: TuningConfig) -> Path:
     checkpoint = _read_checkpoint(folder, meta)
     folder.mkdir(parents=True, exist_ok=True)
 
-    dev = set(dev_indices())
-    train_problems = [p for p in load_split("train") if p.idx not in dev]
+    train_problems = training_problems()
     dev_problems = load_split("dev", config.dev_limit)
     with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
                       CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype) as backend:

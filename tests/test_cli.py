@@ -13,12 +13,7 @@ from gsmswarm.metrics import majority_vote
 from gsmswarm.prompts import load_prompt, prompt_hash
 from gsmswarm.results import read_records
 
-RUN = "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
-
-
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "gsmswarm", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "INITIAL_PEERS": ""})
+from conftest import RUN, cli
 
 
 def run_args(swarm, out, limit):
@@ -78,13 +73,13 @@ def test_summarize_prints_tables_and_writes_plots(swarm, tmp_path):
 
 def test_pal_without_isolation_stops_with_one_line_before_any_work(tmp_path):
     """No bubblewrap on PATH: one line naming the fix and the explicit way out, and nothing written."""
-    result = subprocess.run([sys.executable, "-m", "gsmswarm", "run", "--method", "pal", "--backend", "local",
-                             "--limit", "1", "--output-dir", str(tmp_path)], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PATH": str(tmp_path)})
+    result = cli("run", "--method", "pal", "--backend", "local", "--limit", "1", "--output-dir", str(tmp_path),
+                 timeout=120, env={"PATH": str(tmp_path)})
     one_line_error(result, "bubblewrap", "--sandbox unsafe")
     assert not list(tmp_path.glob("*/*.jsonl"))
 
 
+@pytest.mark.slow
 def test_study_runs_its_arms_and_summarize_gives_their_verdicts(tmp_path):
     out = tmp_path / "results"
     study = cli("study", "cot", "ptune", "deep_ptune", "--limit", "2", "--max-new-tokens", "16",
@@ -195,6 +190,7 @@ def test_parity_subcommand_against_a_running_swarm(swarm):
     assert "parity: 1/1 prompts identical" in result.stdout
 
 
+@pytest.mark.slow
 def test_backend_errors_are_recorded_apart_and_retried_with_a_flag(tmp_path, monkeypatch, capsys):
     """A failed generation (injected into the real local backend) becomes a record with its error that no
     score counts; a plain rerun keeps it, `--retry-errors` solves it again; three in a row stop the run."""

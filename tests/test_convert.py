@@ -21,7 +21,7 @@ def test_tokenizer_round_trips_and_splits_digits(local_backend):
     for p in load_split("train", limit=50):
         assert tok.decode(tok(p.answer).input_ids) == p.answer
     assert tok.tokenize(" 2125") == ["Ġ", "2", "1", "2", "5"]
-    assert tok.eos_token == "<|im_end|>" or tok.eos_token_id == 2
+    assert (tok.eos_token, tok.eos_token_id) == ("<|im_end|>", 2)
 
 
 def test_greedy_knows_paris(local_backend):
@@ -64,6 +64,7 @@ def _reference(name: str):
     return ref, [logits[f"logits{i}"] for i in range(len(ref["texts"]))]
 
 
+@pytest.mark.slow
 def test_qwen2_converts_to_a_llama_with_the_reference_tokens_and_logits(tiny_qwen2):
     """Fails if the biases, rope_theta (top level), the untied output or the qwen2 pre-tokenizer were wrong."""
     import torch
@@ -94,6 +95,8 @@ def test_converted_tokenizers_feed_generate_as_they_are(local_backend, tiny_qwen
         assert out.shape[1] == inputs["input_ids"].shape[1] + 2
 
 
+@pytest.mark.swarm
+@pytest.mark.slow
 def test_qwen2_served_by_a_loopback_swarm_gives_the_reference_logits(tiny_qwen2, tmp_path):
     import torch
 
@@ -134,6 +137,7 @@ def test_a_named_model_that_is_not_installed_names_the_install_command():
         GGUFModel((("no_such_pkg", "x.bin"),), "0" * 64, "bash install.sh --model m").files("m")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
 def test_study_model_matches_transformers_qwen2_on_its_top_logits(name):
     import torch

@@ -1,4 +1,7 @@
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +29,11 @@ def test_split_sizes_and_limit():
 def test_dev_is_deterministic_and_from_train():
     dev = load_split("dev")
     assert [p.idx for p in dev] == [p.idx for p in load_split("dev")]
+    # the same problems in another process with another hash seed: nothing depends on set or dict order
+    other = subprocess.run([sys.executable, "-c", "from gsmswarm.data import load_split; "
+                            "print(' '.join(str(p.idx) for p in load_split('dev')))"], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True).stdout.split()
+    assert other == [str(p.idx) for p in dev]
     train = load_split("train")
     assert all(train[p.idx] == p for p in dev)
     assert len({p.idx for p in dev}) == DEV_SIZE

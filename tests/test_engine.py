@@ -117,7 +117,7 @@ def test_rows_finish_at_different_steps_and_waiting_rows_take_their_places(batch
         assert len(again[i][0].token_ids) <= g.max_new_tokens and not any(s in again[i][0].text for s in g.stop)
 
 
-def test_calculator_pauses_inside_a_batch_give_the_one_at_a_time_records(batched, local_backend):
+def test_calculator_pauses_inside_a_batch_give_the_one_at_a_time_records(batched, local_backend, sandbox):
     """The engine runs 4 calculator problems in 5 slots (each pause a new request that starts from its slot's
     kept tokens); every record equals solving the problem alone."""
     from gsmswarm.engine import _Loop
@@ -133,9 +133,10 @@ def test_calculator_pauses_inside_a_batch_give_the_one_at_a_time_records(batched
         def write(self, record):
             written.append(record)
 
-    loop = _Loop(method, batched, template, gen, {}, {"run_id": "calc"}, Writer(), "calc.jsonl", problems)
+    loop = _Loop(method, batched, template, gen, {"sandbox": sandbox}, {"run_id": "calc"}, Writer(), "calc.jsonl",
+                 problems)
     loop.run(problems)
-    alone = {p.idx: solve_one(method, p, local_backend, template, gen) for p in problems}
+    alone = {p.idx: solve_one(method, p, local_backend, template, gen, sandbox=sandbox) for p in problems}
     assert sorted(r["idx"] for r in written) == [0, 1, 2, 3]
     assert sum(len(r["calculator_calls"]) for r in written) >= 2  # pauses happened
     for r in written:
@@ -188,6 +189,7 @@ def _run(out, limit=8):
             "--max-new-tokens", "32", "--output-dir", str(out)]
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_batch_resumes_to_the_uninterrupted_records(tmp_path):
     name = "cot__local__smollm2-135m__cot_8shot__test__n1__t0__s0.jsonl"
     whole = subprocess.run(_run(tmp_path / "whole"), capture_output=True, text=True, timeout=600)

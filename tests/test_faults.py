@@ -11,7 +11,7 @@ import time
 from gsmswarm.results import read_records
 from gsmswarm.swarm import LoopbackSwarm
 
-RUN = "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
+from conftest import RUN
 
 
 def _server_logs(swarm):

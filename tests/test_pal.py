@@ -65,5 +65,11 @@ def test_real_completion_runs_through_the_sandbox(local_backend, sandbox):
     problem = load_split("test", 1)[0]
     record = solve_one(get_method("pal"), problem, local_backend, load_prompt("pal_8shot"),
                        GenerationConfig(max_new_tokens=24), sandbox=sandbox)
-    assert record["programs"][0].startswith("def solution():") and record["n_completion_tokens"][0] <= 24
-    assert record["sandbox"][0]["verdict"] in {"ok", "refused", "error", "timeout", "memory", "killed"}
+    program, run = record["programs"][0], record["sandbox"][0]
+    assert program.endswith(record["completions"][0]) and record["n_completion_tokens"][0] <= 24
+    assert program.startswith("def solution():") and f'"""{problem.question}"""' in program
+    # whatever the model wrote, the record is consistent: a value only when the program ran to the end, and the
+    # pred is that value as an answer, else invalid
+    assert run["verdict"] in {"ok", "refused", "error", "timeout", "memory", "killed"}
+    assert (run["value"] is not None) == (run["verdict"] == "ok") and (run["error"] is None) == (run["verdict"] == "ok")
+    assert record["pred"] == (number_answer(run["value"]) if run["verdict"] == "ok" else INVALID)

@@ -36,4 +36,6 @@ def test_render_fills_in_one_pass():
     assert render("Q: {question}\nA:", question="use {question} literally") == "Q: use {question} literally\nA:"
     with pytest.raises(ValueError):
         render("Q: {question}", question="x", shots="y")
-    assert prompt_hash("a") != prompt_hash("b")
+    template = load_prompt("cot_8shot")
+    assert prompt_hash(template) == prompt_hash("".join(template))  # content only, not identity
+    assert prompt_hash(template + " ") != prompt_hash(template)  # one changed character is another prompt

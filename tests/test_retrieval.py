@@ -14,6 +14,8 @@ from gsmswarm.engine import solve_one
 from gsmswarm.prompts import load_prompt
 from gsmswarm.retrieval import MARKER, open_index
 
+pytestmark = pytest.mark.slow  # the real embedder and Chroma index: seconds per test
+
 LIMIT = 200  # training problems in the test index: real store, real embeddings, built in seconds
 
 

@@ -65,6 +65,8 @@ def _in_session(sid: int) -> list:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+@pytest.mark.swarm
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_server_run_local_serves_and_a_signal_to_its_pid_stops_everything(sig):
     """What a notebook's subprocess, a script or a service manager does: signal the script's own PID (not

@@ -10,12 +10,14 @@ import time
 import pytest
 import torch
 
+from conftest import cli
 from gsmswarm.config import GenerationConfig, TuningConfig, UserError
 from gsmswarm.data import Problem, dev_indices, load_split
 from gsmswarm.prompts import load_prompt
 from gsmswarm.results import read_records
 from gsmswarm.tuning import (SoftPrompt, Tunable, batch_order, encode_example, init_soft_prompt, load_soft_prompt,
-                             make_batch, read_train_log, save_soft_prompt, solution_loss, target_text)
+                             make_batch, read_train_log, save_soft_prompt, solution_loss, target_text,
+                             training_problems)
 
 PROBLEM = Problem(0, "Tom has 3 apples and buys 2 more. How many apples does he have?",
                   "He has 3+2=<<3+2=5>>5 apples.\nSo he has 5 in all.\n#### 5", "5")
@@ -50,6 +52,10 @@ def test_batches_are_seeded_and_an_epoch_covers_every_example_once():
 def test_training_problems_exclude_dev():
     dev = set(dev_indices())
     assert len(dev) == 500 and {p.idx for p in load_split("dev")} == dev
+    train = training_problems()
+    assert len(train) == 7473 - 500 and not {p.idx for p in train} & dev
+    test_questions = {p.question for p in load_split("test")}
+    assert not any(p.question in test_questions for p in train)
 
 
 def test_soft_prompt_round_trip_and_bad_files(tmp_path):
@@ -68,6 +74,7 @@ def test_soft_prompt_round_trip_and_bad_files(tmp_path):
         load_soft_prompt(tmp_path)
 
 
+@pytest.mark.slow
 def test_deep_ptune_trains_through_petals_only():
     with pytest.raises(UserError, match="deep_ptune trains through Petals only"):
         TuningConfig(backend="local", tuning_mode="deep_ptune")
@@ -162,11 +169,6 @@ def test_generation_with_a_soft_prompt_is_the_same_locally_and_through_the_swarm
     assert local.generate(question, sampled)[0].token_ids == tuned[:8]
 
 
-def cli(*args, timeout=600, **popen):
-    return subprocess.run([sys.executable, "-m", "gsmswarm", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "INITIAL_PEERS": ""})
-
-
 TRAIN = ["train-prompt", "--num-virtual-tokens", "4", "--batch-size", "2", "--max-length", "64",
          "--dev-limit", "2", "--eval-every", "2", "--lr", "0.05"]
 
@@ -206,6 +208,7 @@ def test_train_prompt_cli_resumes_and_the_prompt_evaluates(swarm, tmp_path):
     assert record["soft_prompt"]["sha256"] == load_soft_prompt(out / "run").sha256()
 
 
+@pytest.mark.slow
 def test_local_peft_training_cli(tmp_path):
     done = cli(*TRAIN, "--backend", "local", "--steps", "2", "--output-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
