@@ -84,7 +84,7 @@ def summarize(output_dir: str) -> None:
     from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, run_path,
                          run_records, summarize_run, text_table)
     from .results import load_runs, read_records
-    from .study import comparison_rows, find_arms, verdict_rows, verdicts
+    from .study import comparison_rows, find_arms, swarm_rows, verdict_rows, verdicts
 
     runs = load_runs(output_dir)
     if not runs:
@@ -101,6 +101,11 @@ def summarize(output_dir: str) -> None:
             print(f"\nthe study, {model} (p Holm-adjusted across these {len(comparisons)} comparisons):")
             print(text_table(verdict_rows(claims)) if claims else "no claim has all its arms run yet")
             print(text_table(comparison_rows(comparisons)))
+        swarm = {arm: run_records(s) for arm, s in find_arms(runs, model, backend="petals").items()}
+        checked = swarm_rows({arm: run_records(s) for arm, s in by_arm.items()}, swarm)
+        if len(checked) > 1:
+            print(f"\nthe local runs against the same arms through the swarm, {model}:")
+            print(text_table(checked))
     plots = []
     if arms:
         plots.append(Path(output_dir) / "accuracy.png")

@@ -89,6 +89,15 @@ def paired(records_a: List[dict], records_b: List[dict]) -> Dict[str, float]:
             "diff": diff, "diff_ci_low": lo, "diff_ci_high": hi}
 
 
+def identical_completions(records_a: List[dict], records_b: List[dict]) -> Dict[str, int]:
+    """On the problems both runs finished: how many have exactly the same completions, and the same pred. The
+    evidence that one backend's run stands for the other's (greedy decoding should give the same text)."""
+    a, b = {r["idx"]: r for r in records_a}, {r["idx"]: r for r in records_b}
+    common = sorted(a.keys() & b.keys())
+    return {"n": len(common), "identical": sum(a[i]["completions"] == b[i]["completions"] for i in common),
+            "same_pred": sum(a[i]["pred"] == b[i]["pred"] for i in common)}
+
+
 def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_resamples: int = 10_000,
                      seed: int = 0) -> Tuple[float, float, float]:
     """Accuracy of a minus accuracy of b on the same problems, with a 95% percentile interval from resampling

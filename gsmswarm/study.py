@@ -14,7 +14,7 @@ import dataclasses
 from typing import Dict, List, NamedTuple, Tuple
 
 from .config import GenerationConfig, RunConfig
-from .metrics import holm, paired
+from .metrics import holm, identical_completions, paired
 
 ALPHA = 0.05
 SOFT_PROMPT = "prompt_tuning/{mode}__petals__{model}__v16__s0"  # trained through the swarm, 120 steps
@@ -97,6 +97,17 @@ def verdicts(records: Dict[str, List[dict]], alpha: float = ALPHA) -> Tuple[List
                    "refuted" if "worse" in outcomes else "undecided")
         claims.append({"claim": claim.text, "arm": claim.arm, "comparisons": found, "verdict": verdict})
     return comparisons, claims
+
+
+def swarm_rows(local: Dict[str, List[dict]], swarm: Dict[str, List[dict]]) -> List[tuple]:
+    """Each arm run both locally and through the swarm: identical completions on the problems both finished."""
+    rows = [("arm", "problems in both", "identical completions", "same answer")]
+    for arm in ARMS:
+        if arm in local and arm in swarm:
+            c = identical_completions(local[arm], swarm[arm])
+            rows.append((ARMS[arm].label, str(c["n"]), f"{c['identical']} ({c['identical'] / max(c['n'], 1):.1%})",
+                         f"{c['same_pred']} ({c['same_pred'] / max(c['n'], 1):.1%})"))
+    return rows
 
 
 def _diff(c: dict) -> str:

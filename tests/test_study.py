@@ -3,7 +3,7 @@ that the arms name the runs `study` writes."""
 import pytest
 
 from gsmswarm.results import run_name
-from gsmswarm.study import ARMS, CLAIMS, arm_config, find_arms, verdicts
+from gsmswarm.study import ARMS, CLAIMS, arm_config, find_arms, swarm_rows, verdicts
 
 N = 200
 
@@ -59,3 +59,13 @@ def test_arm_configs_fill_in_the_model_and_name_the_runs_find_arms_looks_up():
     summaries.append({"run_id": run_name(*arm_config("rag", model="qwen2.5-coder-0.5b"))})  # another model
     assert list(find_arms(summaries, "smollm2-135m")) == ["cot", "pal"]
     assert find_arms(summaries, "smollm2-135m", backend="petals") == {}
+
+
+def test_swarm_rows_count_identical_completions_on_common_problems():
+    def recs(texts):
+        return [{"idx": i, "completions": [t], "pred": t[-1]} for i, t in enumerate(texts)]
+
+    local = {"cot": recs(["a 1", "b 2", "c 3", "d 4"]), "rag": recs(["x 1"])}
+    swarm = {"cot": recs(["a 1", "B 2", "c 3"])}  # problem 1 differs in text but not in its answer
+    assert swarm_rows(local, swarm) == [("arm", "problems in both", "identical completions", "same answer"),
+                                        ("CoT 8-shot", "3", "2 (66.7%)", "3 (100.0%)")]
