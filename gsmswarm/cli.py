@@ -130,7 +130,7 @@ def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
     for arm in arms or ARMS:
         config, gen = arm_config(arm, **common)
         if list_only:
-            print(f"{arm:11} {ARMS[arm].label:15} {config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
+            print(f"{arm:12} {ARMS[arm].label:22} {config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
             continue
         if config.soft_prompt and not Path(config.soft_prompt).is_dir():
             print(f"[{arm}] skipped: no soft prompt {config.soft_prompt} yet (bash prompt_tuning/train.sh)")

@@ -135,26 +135,39 @@ class TuningConfig(BackendConfig):
     num_virtual_tokens: int = _help("length of the soft prompt (Petals' pre_seq_len)", default=16)
     init_text: str = _help("text whose token embeddings initialise the soft prompt (repeated to length)",
                            default="Solve the math word problem step by step and end with: The answer is")
-    prompt: str = _help("prompt file the training questions are rendered with", default="qa_zeroshot")
+    context: str = _help("'none' (the question alone) or 'rag' (the --rag-k nearest other training problems as "
+                         "exemplars in front of each question, as --method rag shows them)", default="none")
+    rag_k: int = _help("context rag: training problems retrieved as exemplars", default=8)
+    prompt: Optional[str] = _help("prompt file the training questions are rendered with (default: qa_zeroshot; "
+                                  "rag_cot with --context rag)", default=None)
     steps: int = _help("optimizer steps", default=120)
     batch_size: int = _help("problems per step", default=4)
     lr: float = _help("AdamW learning rate", default=1e-2)
-    max_length: int = _help("longest training sequence in tokens (longer solutions are cut)", default=320)
+    max_length: Optional[int] = _help("longest training sequence in tokens, longer solutions are cut (default: 320; "
+                                      "1800 with --context rag)", default=None)
     eval_every: int = _help("steps between dev-loss evaluations and checkpoints", default=20)
     dev_limit: int = _help("dev problems used for the dev loss (early stopping keeps the best)", default=32)
     seed: int = _help("seed for initialisation order and batches", default=0)
     output_dir: str = _help("soft prompts go to OUTPUT_DIR/<name>/", default="prompt_tuning")
-    name: Optional[str] = _help("run folder name (default: <tuning_mode>__<backend>__<model>__v<N>__s<seed>)",
+    name: Optional[str] = _help("run folder name (default: <tuning_mode>__<backend>__<model>__v<N>__s<seed>, "
+                                "then __rag<k> with --context rag)",
                                 default=None)
 
     def __post_init__(self):
         super().__post_init__()
         if self.tuning_mode not in ("ptune", "deep_ptune"):
             raise UserError(f"--tuning-mode must be ptune or deep_ptune, got {self.tuning_mode!r}")
+        if self.context not in ("none", "rag"):
+            raise UserError(f"--context must be none or rag, got {self.context!r}")
+        rag = self.context == "rag"
+        if self.prompt is None:
+            object.__setattr__(self, "prompt", "rag_cot" if rag else "qa_zeroshot")
+        if self.max_length is None:
+            object.__setattr__(self, "max_length", 1800 if rag else 320)
         if self.tuning_mode == "deep_ptune" and self.backend == "local":
             raise UserError("--tuning-mode deep_ptune trains through Petals only (--backend petals); "
                             "PEFT's local prompt tuning is the ptune kind")
-        for flag in ("num_virtual_tokens", "steps", "batch_size", "max_length", "eval_every", "dev_limit"):
+        for flag in ("num_virtual_tokens", "steps", "batch_size", "max_length", "eval_every", "dev_limit", "rag_k"):
             if getattr(self, flag) < 1:
                 raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
         if self.lr <= 0:

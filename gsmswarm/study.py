@@ -33,6 +33,8 @@ ARMS = {  # in the order `study` runs them: the claims' arms first
     "zeroshot": Arm("zero-shot", {"prompt": "qa_zeroshot"}),  # PT's frame without the soft prompt
     "pal": Arm("PAL", {"method": "pal"}),
     "calculator": Arm("calculator CoT", {"method": "calculator"}),
+    "ragptune_rag": Arm("PT(RAG-trained) + RAG", {"method": "rag", "soft_prompt": SOFT_PROMPT.format(
+        mode="ptune", model="{model}") + "__rag8"}),  # train-prompt --context rag: trained behind retrieved exemplars
     "deep_ptune": Arm("deep PT", {"prompt": "qa_zeroshot",
                                   "soft_prompt": SOFT_PROMPT.format(mode="deep_ptune", model="{model}")}),
     "sc_t0.7": Arm("SC k=8 T=0.7", {"method": "self_consistency", "n": 8, "temperature": 0.7}),
@@ -51,6 +53,8 @@ CLAIMS = (
     Claim("prompt tuning beats RAG", "ptune", ("rag",)),
     Claim("deep prompt tuning beats RAG", "deep_ptune", ("rag",)),
     Claim("prompt tuning and RAG combine", "ptune_rag", ("ptune", "rag")),
+    Claim("prompt tuning and RAG combine (prompt trained behind retrieved exemplars)", "ragptune_rag",
+          ("ptune", "rag")),
 )
 
 

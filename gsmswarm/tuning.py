@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 
 from .config import TuningConfig, UserError, as_dict
 from .data import Problem, dev_indices, load_split
-from .prompts import load_prompt, prompt_hash, render
+from .prompts import load_prompt, prompt_hash, render, slots
 
 SOFT_PROMPT_FILE, CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE = (
     "soft_prompt.safetensors", "config.json", "train_log.jsonl", "checkpoint.pt")
@@ -108,10 +108,13 @@ def target_text(problem: Problem) -> str:
     return f" {problem.chain_of_thought}\n\n"
 
 
-def encode_example(problem: Problem, template: str, tokenizer, max_length: int) -> Tuple[List[int], int]:
+def encode_example(problem: Problem, template: str, tokenizer, max_length: int,
+                   exemplars: Optional[str] = None) -> Tuple[List[int], int]:
     """Token ids of prompt + target and the prompt's length. The prompt is tokenized alone, as evaluation
-    tokenizes it, so training sees exactly the prompt tokens the model will later continue."""
-    prompt_ids = tokenizer(render(template, question=problem.question)).input_ids
+    tokenizes it, so training sees exactly the prompt tokens the model will later continue. `exemplars` fill
+    the slot of a rag template (`--context rag`, see `rag_context`)."""
+    slots = {} if exemplars is None else {"exemplars": exemplars}
+    prompt_ids = tokenizer(render(template, question=problem.question, **slots)).input_ids
     target_ids = tokenizer(target_text(problem), add_special_tokens=False).input_ids
     return (prompt_ids + target_ids)[:max_length], len(prompt_ids)
 
@@ -163,11 +166,23 @@ def training_problems() -> List[Problem]:
     return [p for p in load_split("train") if p.idx not in dev]
 
 
+def rag_context(problems: List[Problem], k: int, index=None) -> dict:
+    """Per training or dev problem (by idx), the exemplars `--method rag` would show it: its k nearest
+    training problems, never itself, the nearest last (`index`: the embedded embedder's, by default)."""
+    from .methods.rag import exemplar
+    from .retrieval import open_index
+
+    index = index or open_index("all-minilm-l6-v2")
+    return {p.idx: "".join(exemplar(n.problem) for n in index.query(p.question, k, exclude_idx=p.idx)[::-1])
+            for p in problems}
+
+
 def run_name(config: TuningConfig) -> str:
     from .results import model_short
 
+    rag = f"__rag{config.rag_k}" if config.context == "rag" else ""
     return config.name or (f"{config.tuning_mode}__{config.backend}__{model_short(config.model)}__v{config.num_virtual_tokens}"
-                           f"__s{config.seed}")
+                           f"__s{config.seed}{rag}")
 
 
 def batch_order(n_examples: int, batch_size: int, step: int, seed: int) -> List[int]:
@@ -206,6 +221,10 @@ def train(config: TuningConfig) -> Path:
     name = run_name(config)
     folder = Path(config.output_dir) / name
     template = load_prompt(config.prompt)
+    wanted = {"exemplars", "question"} if config.context == "rag" else {"question"}
+    if slots(template) != wanted:
+        raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --context {config.context} "
+                        f"fills {sorted(wanted)}")
     model_path = resolve_model(config.model)
     meta = {**as_dict(config), "name": name, "prompt_hash": prompt_hash(template)}
     checkpoint = _read_checkpoint(folder, meta)
@@ -213,6 +232,7 @@ def train(config: TuningConfig) -> Path:
 
     train_problems = training_problems()
     dev_problems = load_split("dev", config.dev_limit)
+    context = rag_context(train_problems + dev_problems, config.rag_k) if config.context == "rag" else {}
     with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
                       CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype) as backend:
         tok = backend.tokenizer
@@ -237,7 +257,7 @@ def train(config: TuningConfig) -> Path:
             commits.append(commit)
         info = {**meta, "commits": commits, "model_path": str(model_path), "n_train": len(train_problems)}
         write_json(folder / CONFIG_FILE, {**info, "best": best})
-        encode = lambda p: encode_example(p, template, tok, config.max_length)  # noqa: E731
+        encode = lambda p: encode_example(p, template, tok, config.max_length, context.get(p.idx))  # noqa: E731
         dev_examples = [encode(p) for p in dev_problems]
         log = _TrainLog(folder / LOG_FILE, keep_until=start)
         if start == 0:

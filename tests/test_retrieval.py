@@ -60,6 +60,27 @@ def test_a_training_question_can_exclude_itself(index_dir):
     assert all(n.idx != 0 for n in index.query(question, 5, exclude_idx=0))
 
 
+def test_rag_context_for_training_shows_what_rag_shows_and_never_the_problem_itself(index_dir):
+    from gsmswarm.methods.rag import exemplar
+    from gsmswarm.tuning import encode_example, rag_context
+
+    index = open_index(store_dir=index_dir, limit=LIMIT)
+    problems = load_split("train", 3)
+    context = rag_context(problems, 2, index)
+    for p in problems:
+        shown = index.query(p.question, 2, exclude_idx=p.idx)
+        assert context[p.idx] == exemplar(shown[1].problem) + exemplar(shown[0].problem)  # nearest last
+        assert p.question not in context[p.idx]
+
+    class Tok:  # characters as tokens: enough to see what the prompt holds
+        def __call__(self, text, add_special_tokens=True):
+            return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
+
+    ids, n_prompt = encode_example(problems[0], load_prompt("rag_cot"), Tok(), 10_000, context[0])
+    prompt = "".join(map(chr, ids[:n_prompt]))
+    assert context[0] in prompt and prompt.endswith(f"Q: {problems[0].question}\nA:")
+
+
 def test_reopened_in_a_new_process_gives_the_same_neighbours(index_dir):
     questions = [p.question for p in load_split("test", 3)]
     here = [[(n.idx, round(n.distance, 5)) for n in open_index(store_dir=index_dir, limit=LIMIT).query(q, 5)]

@@ -49,6 +49,16 @@ def test_batches_are_seeded_and_an_epoch_covers_every_example_once():
     assert batch_order(10, 2, 7, seed=3) == batch_order(10, 2, 7, seed=3) != batch_order(10, 2, 7, seed=4)
 
 
+def test_rag_context_defaults_and_run_name():
+    from gsmswarm.tuning import run_name
+
+    plain, rag = TuningConfig(), TuningConfig(context="rag", model="qwen2.5-coder-0.5b")
+    assert (plain.prompt, plain.max_length) == ("qa_zeroshot", 320)
+    assert (rag.prompt, rag.max_length, rag.rag_k) == ("rag_cot", 1800, 8)
+    assert run_name(plain) == "ptune__petals__smollm2-135m__v16__s0"
+    assert run_name(rag) == "ptune__petals__qwen2.5-coder-0.5b__v16__s0__rag8"
+
+
 def test_training_problems_exclude_dev():
     dev = set(dev_indices())
     assert len(dev) == 500 and {p.idx for p in load_split("dev")} == dev
@@ -222,6 +232,9 @@ def test_local_peft_training_cli(tmp_path):
     (["train-prompt", "--backend", "local", "--tuning-mode", "deep_ptune"], "trains through Petals only"),
     (["train-prompt", "--lr", "0"], "--lr must be > 0"),
     (["run", "--soft-prompt", "/nonexistent"], "--soft-prompt /nonexistent: no soft_prompt.safetensors"),
+    (["train-prompt", "--context", "docs"], "--context must be none or rag"),
+    (["train-prompt", "--context", "rag", "--prompt", "qa_zeroshot"], "--context rag fills ['exemplars', 'question']"),
+    (["train-prompt", "--rag-k", "0"], "--rag-k must be >= 1"),
 ])
 def test_bad_tuning_input_gives_one_line(args, needle):
     done = cli(*args)
