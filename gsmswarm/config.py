@@ -109,8 +109,9 @@ class RunConfig(BackendConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.prompt is None:
-            object.__setattr__(self, "prompt", {"rag": "rag_cot", "pal": "pal_8shot", "calculator": "cot_8shot_calc"}.get(
-                self.method, "cot_8shot"))
+            from .methods import get_method
+
+            object.__setattr__(self, "prompt", get_method(self.method).PROMPT)
         if self.rag_k < 1:
             raise UserError(f"--rag-k must be >= 1, got {self.rag_k}")
         if self.rag_order not in ("nearest_last", "nearest_first"):

@@ -47,10 +47,9 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     if config.method in SAMPLING_METHODS and gen.n < 2:
         raise UserError(f"--method {config.method} needs --samples k >= 2 (and --temperature > 0)")
     template = load_prompt(config.prompt)
-    wanted = {"exemplars", "question"} if config.method == "rag" else {"question"}
-    if slots(template) != wanted:
+    if slots(template) != method.SLOTS:
         raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --method {config.method} "
-                        f"fills {sorted(wanted)} (rag: use rag_cot)")
+                        f"fills {sorted(method.SLOTS)} (its prompt: {method.PROMPT})")
     model_path = resolve_model(config.model)
     resolve_device(config.device)  # --device cuda without CUDA: one line before any file is opened
     problems = load_split(config.split, config.limit)
@@ -59,6 +58,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
         from .tuning import load_soft_prompt
 
         soft_prompt = load_soft_prompt(config.soft_prompt)
+    settings = method.run_settings(config) if hasattr(method, "run_settings") else {}
     name = run_name(config, gen)
     path = Path(config.output_dir) / config.method / f"{name}.jsonl"
     base = {"run_id": name, "method": config.method, "backend": config.backend, "model": config.model,
@@ -67,8 +67,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
             "batch_size": config.batch_size,
             "soft_prompt": soft_prompt and {"path": config.soft_prompt, "mode": soft_prompt.mode,
                                             "length": soft_prompt.length, "sha256": soft_prompt.sha256()},
-            "rag": ({"k": config.rag_k, "order": config.rag_order, "embedder": config.embedder}
-                    if config.method == "rag" else None)}
+            **settings}
     summary = None
     with ResultsWriter(path) as writer:
         def failed(p) -> bool:
@@ -76,7 +75,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
 
         todo = [p for p in problems if p.idx not in writer.done or (config.retry_errors and failed(p))]
         if writer.done:
-            _check_same_config(path, next(iter(writer.done.values())), base)
+            _check_same_config(path, next(iter(writer.done.values())), base, own=tuple(settings))
             print(f"resuming {path}: {len(problems) - len(todo)} of {len(problems)} problems already done",
                   file=sys.stderr)
         try:
@@ -170,11 +169,11 @@ class _Loop:
                                  refresh=False)
 
 
-def _check_same_config(path: Path, old: dict, base: dict) -> None:
-    """Resuming appends to a run only if the prompt, generation settings and dtype are the ones it was made with
-    (records made before the dtype was recorded were float32)."""
+def _check_same_config(path: Path, old: dict, base: dict, own=()) -> None:
+    """Resuming appends to a run only if the prompt, generation settings, dtype and the method's own settings are
+    the ones it was made with (records made before the dtype was recorded were float32)."""
     old = {"dtype": "float32", **old}
-    for key in ("prompt_hash", "gen", "soft_prompt", "rag", "dtype"):
+    for key in ("prompt_hash", "gen", "soft_prompt", "dtype", *own):
         if old.get(key) != json.loads(json.dumps(base[key])):
             raise UserError(f"{path} was made with another {key} ({old.get(key)}); "
                             f"use another --output-dir or move that file")

@@ -22,13 +22,15 @@ def model_short(model: str) -> str:
 
 
 def run_name(config, gen) -> str:
-    """`<method>__<backend>__<model>__<prompt>[+<soft prompt>][@k<k>-<order>]__<split>__n<n>__t<temp>__s<seed>[__<dtype>]`
-    (`config`: RunConfig, `gen`: GenerationConfig): the file name says the config."""
+    """`<method>__<backend>__<model>__<prompt>[+<soft prompt>][<method's tag>]__<split>__n<n>__t<temp>__s<seed>[__<dtype>]`
+    (`config`: RunConfig, `gen`: GenerationConfig): the file name says the config (rag's tag: `@k<k>-<order>`)."""
     prompt = config.prompt
     if config.soft_prompt:
         prompt += "+" + Path(config.soft_prompt.rstrip("/")).name
-    if config.method == "rag":
-        prompt += f"@k{config.rag_k}-{config.rag_order}"
+    from .methods import get_method
+
+    method = get_method(config.method)
+    prompt += method.run_tag(config) if hasattr(method, "run_tag") else ""
     dtype = "" if config.dtype == "float32" else f"__{config.dtype}"  # float32 runs kept their names from before
     return (f"{config.method}__{config.backend}__{model_short(config.model)}__{prompt}__{config.split}__n{gen.n}"
             f"__t{gen.temperature:g}__s{gen.seed}{dtype}")

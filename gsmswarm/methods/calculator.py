@@ -14,6 +14,7 @@ from ..prompts import render
 from ..sandbox import Sandbox
 from .cot import grade
 
+PROMPT, SLOTS = "cot_8shot_calc", {"question"}
 _EXPRESSION = re.compile(r"[\d\s.+\-*/()%]+")  # what the calculator accepts: arithmetic on numbers only
 
 

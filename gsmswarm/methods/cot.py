@@ -9,6 +9,8 @@ from ..data import Problem
 from ..metrics import majority_vote
 from ..prompts import render
 
+PROMPT, SLOTS = "cot_8shot", {"question"}
+
 
 def solve(problem: Problem, backend, template: str, gen):
     """The method-specific part of a record: completions, preds per filter, the voted pred."""

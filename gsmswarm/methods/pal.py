@@ -21,6 +21,8 @@ from ..metrics import majority_vote
 from ..prompts import render
 from ..sandbox import Sandbox
 
+PROMPT, SLOTS = "pal_8shot", {"question"}
+
 
 def closing_newline(tokenizer) -> str:
     """"\\n" if `tokenizer` puts the newline after a docstring's closing quotes into their token, else ""."""

@@ -9,6 +9,16 @@ from ..data import Problem
 from ..prompts import render
 from .cot import complete
 
+PROMPT, SLOTS = "rag_cot", {"exemplars", "question"}
+
+
+def run_settings(config) -> dict:
+    return {"rag": {"k": config.rag_k, "order": config.rag_order, "embedder": config.embedder}}
+
+
+def run_tag(config) -> str:
+    return f"@k{config.rag_k}-{config.rag_order}"
+
 
 def setup(config) -> dict:
     """Open (or build once) the index; a train/dev question must not retrieve itself."""
