@@ -210,13 +210,11 @@ def dev_loss(tunable: Tunable, examples, pad_id: int, batch_size: int) -> float:
 
 def train(config: TuningConfig) -> Path:
     """Train (or resume) a soft prompt; returns its run folder. Test problems are never read."""
-    import torch
     from tqdm import tqdm
 
     from .backends import open_backend
     from .config import CACHE_DIR
     from .convert import resolve_model
-    from .results import git_commit, write_json
 
     name = run_name(config)
     folder = Path(config.output_dir) / name
@@ -235,68 +233,98 @@ def train(config: TuningConfig) -> Path:
     context = rag_context(train_problems + dev_problems, config.rag_k) if config.context == "rag" else {}
     with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
                       CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype) as backend:
-        tok = backend.tokenizer
-        pad_id = tok.eos_token_id
+        encode = lambda p: encode_example(p, template, backend.tokenizer, config.max_length,  # noqa: E731
+                                          context.get(p.idx))
+        run = _Training(config, backend, folder, meta, checkpoint)
+        run.record_provenance(model_path, len(train_problems))
+        dev_examples = [encode(p) for p in dev_problems]
+        if run.step == 0:
+            run.evaluate(dev_examples)
+        bar = tqdm(range(run.step, config.steps), initial=run.step, total=config.steps, desc=name, unit="step",
+                   dynamic_ncols=True)
+        try:
+            for step in bar:
+                batch = [encode(train_problems[i])
+                         for i in batch_order(len(train_problems), config.batch_size, step, config.seed)]
+                loss = run.train_step(batch)
+                if run.step % config.eval_every == 0 or run.step == config.steps:
+                    run.evaluate(dev_examples)
+                bar.set_postfix(loss=f"{loss:.3f}", dev=f"{run.best['dev_loss']:.3f}@{run.best['step']}")
+        finally:  # Ctrl-C too: the steps done so far are kept
+            run.close()
+    return folder
+
+
+class _Training:
+    """One soft prompt's training state: the prompt and its optimizer, the step reached, the best dev loss;
+    started fresh or from the run folder's checkpoint, and written back to that folder."""
+
+    def __init__(self, config: TuningConfig, backend, folder: Path, meta: dict, checkpoint: Optional[dict]):
+        import torch
+
+        self.config, self.folder, self.meta, self.name = config, folder, meta, meta["name"]
+        self.pad_id = backend.tokenizer.eos_token_id
         if checkpoint is None:
             torch.manual_seed(config.seed)
-            prompt = init_soft_prompt(tok, backend.model.get_input_embeddings(), config.tuning_mode,
+            prompt = init_soft_prompt(backend.tokenizer, backend.model.get_input_embeddings(), config.tuning_mode,
                                       config.num_virtual_tokens, config.init_text,
                                       backend.model.config.num_hidden_layers)
         else:
             prompt = checkpoint["prompt"]
-        tunable = Tunable(backend, prompt)
-        optimizer = torch.optim.AdamW(tunable.params, lr=config.lr, weight_decay=0.0)
-        start, best = 0, {"step": None, "dev_loss": float("inf")}
+        self.tunable = Tunable(backend, prompt)
+        self.optimizer = torch.optim.AdamW(self.tunable.params, lr=config.lr, weight_decay=0.0)
+        self.step, self.best = 0, {"step": None, "dev_loss": float("inf")}
         if checkpoint is not None:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            start, best = checkpoint["step"], checkpoint["best"]
-            print(f"resuming {folder} at step {start} of {config.steps}", file=sys.stderr)
-        old = json.loads((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).exists() else {}
-        commits, commit = old.get("commits", []), git_commit()  # every commit that ran steps, in order
-        if start < config.steps and commit not in commits:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.step, self.best = checkpoint["step"], checkpoint["best"]
+            print(f"resuming {folder} at step {self.step} of {config.steps}", file=sys.stderr)
+        self.log = _TrainLog(folder / LOG_FILE, keep_until=self.step)
+
+    def record_provenance(self, model_path, n_train: int) -> None:
+        """config.json: the settings, the model, every commit that ran steps (in order), the best so far."""
+        from .results import git_commit, write_json
+
+        path = self.folder / CONFIG_FILE
+        old = json.loads(path.read_text()) if path.exists() else {}
+        commits, commit = old.get("commits", []), git_commit()
+        if self.step < self.config.steps and commit not in commits:
             commits.append(commit)
-        info = {**meta, "commits": commits, "model_path": str(model_path), "n_train": len(train_problems)}
-        write_json(folder / CONFIG_FILE, {**info, "best": best})
-        encode = lambda p: encode_example(p, template, tok, config.max_length, context.get(p.idx))  # noqa: E731
-        dev_examples = [encode(p) for p in dev_problems]
-        log = _TrainLog(folder / LOG_FILE, keep_until=start)
-        if start == 0:
-            best = {"step": 0, "dev_loss": round(dev_loss(tunable, dev_examples, pad_id, config.batch_size), 5)}
-            log.write(best)
-            save_soft_prompt(tunable.export(name), folder)
-            _write_checkpoint(folder, meta, 0, tunable.export(name), optimizer, best)
-        bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=name, unit="step",
-                   dynamic_ncols=True)
-        done = start  # steps applied to the prompt and the optimizer
-        try:
-            for step in bar:
-                t0 = time.perf_counter()
-                batch = [encode(train_problems[i]) for i in
-                         batch_order(len(train_problems), config.batch_size, step, config.seed)]
-                ids, mask = make_batch(batch, pad_id)
-                loss = solution_loss(tunable.logits(ids), ids, mask)
-                optimizer.zero_grad()
-                loss.backward()
-                grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in tunable.params))
-                optimizer.step()
-                done = step + 1
-                log.write({"step": done, "loss": round(loss.item(), 5), "grad_norm": round(grad_norm, 5),
-                           "tokens": int(mask[:, 1:].sum()), "seconds": round(time.perf_counter() - t0, 3)})
-                if done % config.eval_every == 0 or done == config.steps:
-                    loss_dev = dev_loss(tunable, dev_examples, pad_id, config.batch_size)
-                    log.write({"step": done, "dev_loss": round(loss_dev, 5)})
-                    if loss_dev < best["dev_loss"]:
-                        best = {"step": done, "dev_loss": round(loss_dev, 5)}
-                        save_soft_prompt(tunable.export(name), folder)
-                    _write_checkpoint(folder, meta, done, tunable.export(name), optimizer, best)
-                bar.set_postfix(loss=f"{loss.item():.3f}", dev=f"{best['dev_loss']:.3f}@{best['step']}")
-        except KeyboardInterrupt:
-            _write_checkpoint(folder, meta, done, tunable.export(name), optimizer, best)
-            log.close()
-            raise
-        log.close()
-        write_json(folder / CONFIG_FILE, {**info, "best": best})
-    return folder
+        self.info = {**self.meta, "commits": commits, "model_path": str(model_path), "n_train": n_train}
+        write_json(path, {**self.info, "best": self.best})
+
+    def train_step(self, batch) -> float:
+        """One optimizer step on a batch of encoded examples, logged; returns its loss."""
+        t0 = time.perf_counter()
+        ids, mask = make_batch(batch, self.pad_id)
+        loss = solution_loss(self.tunable.logits(ids), ids, mask)
+        self.optimizer.zero_grad()
+        loss.backward()
+        grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in self.tunable.params))
+        self.optimizer.step()
+        self.step += 1
+        self.log.write({"step": self.step, "loss": round(loss.item(), 5), "grad_norm": round(grad_norm, 5),
+                        "tokens": int(mask[:, 1:].sum()), "seconds": round(time.perf_counter() - t0, 3)})
+        return loss.item()
+
+    def evaluate(self, dev_examples) -> None:
+        """Dev loss now; the prompt is saved when it is the best so far (early stopping), then a checkpoint."""
+        loss = round(dev_loss(self.tunable, dev_examples, self.pad_id, self.config.batch_size), 5)
+        self.log.write({"step": self.step, "dev_loss": loss})
+        if loss < self.best["dev_loss"]:
+            self.best = {"step": self.step, "dev_loss": loss}
+            save_soft_prompt(self.tunable.export(self.name), self.folder)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        _write_checkpoint(self.folder, self.meta, self.step, self.tunable.export(self.name), self.optimizer,
+                          self.best)
+
+    def close(self) -> None:
+        from .results import write_json
+
+        self.checkpoint()
+        self.log.close()
+        write_json(self.folder / CONFIG_FILE, {**self.info, "best": self.best})
 
 
 def _write_checkpoint(folder: Path, meta: dict, step: int, prompt: SoftPrompt, optimizer, best: dict) -> None:
