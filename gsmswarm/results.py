@@ -16,6 +16,36 @@ from .config import REPO_DIR, UserError
 
 
 
+# The record: one JSON object per problem. Every method writes these fields; a method module adds its own
+# (`RECORD_FIELDS` there). Documented, with examples, in method_results/README.md; tests/test_results.py checks
+# every committed run against them.
+RECORD_FIELDS = {
+    "run_id": "the run's name (its file name without .jsonl)",
+    "method": "cot, self_consistency, rag, pal or calculator",
+    "backend": "petals or local",
+    "model": "the --model given (a name, a folder or a hub id)",
+    "prompt": "prompt file name", "prompt_hash": "sha256 of the prompt file (12 hex digits)",
+    "gen": "generation settings (GenerationConfig)",
+    "commit": "git commit of the code that wrote the record (-dirty: uncommitted code changes)",
+    "idx": "the problem's line in its split (0-based)", "question": "the problem text",
+    "gold": "the number after #### (commas removed)",
+    "completions": "raw model text, one per sampled completion", "preds": "per filter, each completion's answer",
+    "pred": "the answer (the vote over completions)", "correct": "pred == gold",
+    "truncated": "per completion: stopped by the token limit", "n_prompt_tokens": "tokens in the prompt",
+    "n_completion_tokens": "per completion", "latency_s": "generation time of this problem's requests",
+    "error": "null, or the backend error that left the problem unsolved (then no completions)",
+}
+EARLIER_FIELDS = {  # fields that only older records have
+    "rag": "null on methods other than rag (written before each method declared its own fields)",
+}
+LATER_FIELDS = {  # fields that records made before they existed lack
+    "split": "test, train or dev (absent: test)", "soft_prompt": "null, or its path, mode, length, sha256 (absent: none)",
+    "dtype": "weights' dtype (absent: float32)", "batch_size": "the engine's batch size (absent: 1)",
+    "wall_s": "seconds since the run's previous record (absent: problems ran one at a time)",
+    "isolation": "pal and calculator: bwrap or unsafe (absent: the process fence, before the isolation)",
+}
+
+
 def model_short(model: str) -> str:
     """A model's name in run names: the last part of its path or hub id, lower case."""
     return Path(model.rstrip("/")).name.lower()

@@ -49,6 +49,27 @@ def test_no_duplicate_records(tmp_path):
             w.write(_record(0))
 
 
+def test_every_committed_record_follows_the_written_schema():
+    """method_results/README.md documents these fields; every committed record has them and no others."""
+    from gsmswarm.config import REPO_DIR
+    from gsmswarm.methods import get_method
+    from gsmswarm.results import EARLIER_FIELDS, LATER_FIELDS, RECORD_FIELDS
+
+    failed_fields = {"run_id", "method", "backend", "model", "prompt", "prompt_hash", "gen", "commit", "idx",
+                     "question", "gold", "error"}  # what a backend error still records
+    readme = (REPO_DIR / "method_results" / "README.md").read_text()
+    paths = sorted((REPO_DIR / "method_results").glob("*/*.jsonl"))
+    assert len(paths) >= 10
+    for path in paths:
+        own = getattr(get_method(path.parent.name), "RECORD_FIELDS", {})
+        assert all(f"`{name}`" in readme for name in (*RECORD_FIELDS, *LATER_FIELDS, *EARLIER_FIELDS, *own))
+        allowed = set(RECORD_FIELDS) | set(LATER_FIELDS) | set(EARLIER_FIELDS) | set(own)
+        for r in read_records(path):
+            required = failed_fields if r["error"] else set(RECORD_FIELDS) | set(own)
+            assert not required - set(r) and not set(r) - allowed, (path.name, r["idx"], required - set(r),
+                                                                    set(r) - allowed)
+
+
 def test_run_name_encodes_config():
     name = run_name(RunConfig(), GenerationConfig())
     assert name == "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"

@@ -6,6 +6,7 @@ from ..config import UserError
 # name -> module. A method module declares everything that is its own, so adding a method is one module, its
 # prompt file and a test:
 #   PROMPT                     the default prompt file (prompts/<PROMPT>.txt), hashed into every record
+#   RECORD_FIELDS              optional: the fields it adds to the record (results.RECORD_FIELDS: the rest)
 #   SLOTS                      the slots it fills in a prompt; another prompt must have exactly these
 #   solve(problem, backend, template, gen, **tools)
 #                              a generator that yields `(prompt, gen)` requests, receives each request's

@@ -15,6 +15,7 @@ from ..sandbox import Sandbox
 from .cot import grade
 
 PROMPT, SLOTS = "cot_8shot_calc", {"question"}
+RECORD_FIELDS = {"calculator_calls": "each <<expression= and the value computed (null: left to the model)"}
 _EXPRESSION = re.compile(r"[\d\s.+\-*/()%]+")  # what the calculator accepts: arithmetic on numbers only
 
 

@@ -22,6 +22,7 @@ from ..prompts import render
 from ..sandbox import Sandbox
 
 PROMPT, SLOTS = "pal_8shot", {"question"}
+RECORD_FIELDS = {"programs": "each completion as the program that ran", "sandbox": "per program: verdict, value, error"}
 
 
 def closing_newline(tokenizer) -> str:

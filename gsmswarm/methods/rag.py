@@ -10,6 +10,7 @@ from ..prompts import render
 from .cot import complete
 
 PROMPT, SLOTS = "rag_cot", {"exemplars", "question"}
+RECORD_FIELDS = {"rag": "k, order and embedder", "retrieved": "the exemplars' train idx and distance, nearest first"}
 
 
 def run_settings(config) -> dict:
