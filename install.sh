@@ -51,7 +51,8 @@ fi
 if ! command -v bwrap >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "+ apt-get install bubblewrap (the program sandbox)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } \
+      || echo "note: apt-get could not install bubblewrap: PAL and the calculator need it (or --sandbox unsafe)" >&2
   else
     echo "note: bubblewrap ('bwrap') is missing: PAL and the calculator need it (sudo apt-get install bubblewrap)," \
          "or run them with --sandbox unsafe" >&2

@@ -46,12 +46,14 @@ def test_run_writes_records_and_summary_then_resumes(swarm, tmp_path):
 def test_killed_run_resumes_without_duplicates(swarm, tmp_path):
     out = tmp_path / "results"
     path = out / "cot" / f"{RUN}.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "gsmswarm", *run_args(swarm, out, 3)],
+    # one request in flight, so that problems finish one after another and the kill lands between records
+    # (with several in flight all three may finish within one poll)
+    proc = subprocess.Popen([sys.executable, "-m", "gsmswarm", *run_args(swarm, out, 3), "--batch-size", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (path.exists() and path.read_text().count("\n") >= 1):
         assert proc.poll() is None and time.monotonic() < deadline, "first record never appeared"
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the client and its DHT child and p2pd, as a killed terminal job
     proc.wait()
     done_before = len(read_records(path))
