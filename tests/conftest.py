@@ -27,6 +27,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.unit)
 
 
+def sandbox_processes() -> list:
+    """Pids of processes running as uid 65534, the program sandbox's user."""
+    def owner(pid):
+        try:
+            return os.stat(f"/proc/{pid}").st_uid
+        except FileNotFoundError:
+            return None
+
+    return sorted(p for p in os.listdir("/proc") if p.isdigit() and owner(p) == 65534)
+
+
 def cli(*args, timeout=300, env=None):
     """`python -m gsmswarm ARGS` as a user runs it (no INITIAL_PEERS from this shell), output captured."""
     return subprocess.run([sys.executable, "-m", "gsmswarm", *args], capture_output=True, text=True,

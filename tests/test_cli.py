@@ -13,7 +13,7 @@ from gsmswarm.metrics import majority_vote
 from gsmswarm.prompts import load_prompt, prompt_hash
 from gsmswarm.results import read_records
 
-from conftest import RUN, cli
+from conftest import RUN, cli, sandbox_processes
 
 
 def run_args(swarm, out, limit):
@@ -71,6 +71,17 @@ def test_summarize_prints_tables_and_writes_plots(swarm, tmp_path):
     assert table.returncode == 0, table.stderr[-2000:]
     assert RUN in table.stdout and "95% CI" in table.stdout and "McNemar p" in table.stdout
     assert (out / "accuracy.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_pal_run_records_its_isolation_and_leaves_no_sandbox_process(tmp_path):
+    before = sandbox_processes()
+    result = cli("run", "--method", "pal", "--backend", "local", "--limit", "2", "--max-new-tokens", "32",
+                 "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = read_records(next(tmp_path.glob("pal/*.jsonl")))
+    assert [r["idx"] for r in records] == [0, 1] and {r["isolation"] for r in records} == {"bwrap"}
+    assert sandbox_processes() == before
 
 
 def test_pal_without_isolation_stops_with_one_line_before_any_work(tmp_path):

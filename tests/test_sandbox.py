@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sandbox_processes
 from gsmswarm.config import REPO_DIR, UserError
 from gsmswarm.sandbox import Sandbox, check_program, run_program
 
@@ -266,9 +267,6 @@ def test_missing_isolation_is_one_line_naming_the_fix(monkeypatch):
 
 
 def test_a_closed_sandbox_leaves_no_process():
-    def sandbox_processes():
-        return sorted(p for p in os.listdir("/proc") if p.isdigit() and _uid(p) == 65534)
-
     before = sandbox_processes()
     with Sandbox() as box:
         assert box.run("def solution():\n    return 1").ok
@@ -277,13 +275,6 @@ def test_a_closed_sandbox_leaves_no_process():
     while sandbox_processes() != before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sandbox_processes() == before
-
-
-def _uid(pid: str):
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except FileNotFoundError:
-        return None
 
 
 def test_the_test_process_is_unharmed(sandbox):
