@@ -39,7 +39,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     from .convert import resolve_model
     from .data import load_split
     from .methods import SAMPLING_METHODS, get_method
-    from .prompts import load_prompt, prompt_hash, slots
+    from .prompts import check_slots, load_prompt, prompt_hash
     from .report import summarize_run
     from .results import ResultsWriter, git_commit, run_name
 
@@ -47,9 +47,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     if config.method in SAMPLING_METHODS and gen.n < 2:
         raise UserError(f"--method {config.method} needs --samples k >= 2 (and --temperature > 0)")
     template = load_prompt(config.prompt)
-    if slots(template) != method.SLOTS:
-        raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --method {config.method} "
-                        f"fills {sorted(method.SLOTS)} (its prompt: {method.PROMPT})")
+    check_slots(template, config.prompt, method.SLOTS, f"--method {config.method}", f" (its prompt: {method.PROMPT})")
     model_path = resolve_model(config.model)
     resolve_device(config.device)  # --device cuda without CUDA: one line before any file is opened
     problems = load_split(config.split, config.limit)

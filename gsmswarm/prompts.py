@@ -21,6 +21,12 @@ def slots(template: str) -> set:
     return set(_SLOT_RE.findall(template))
 
 
+def check_slots(template: str, name: str, wanted: set, filler: str, hint: str = "") -> None:
+    """UserError unless the prompt file `name` has exactly the slots `filler` (a flag as typed) fills."""
+    if slots(template) != wanted:
+        raise UserError(f"--prompt {name} has slots {sorted(slots(template))}; {filler} fills {sorted(wanted)}{hint}")
+
+
 def render(template: str, **values: str) -> str:
     """Fill every `{slot}`; a missing or unknown slot is an error, not a silently odd prompt."""
     if slots(template) != set(values):

@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 
 from .config import TuningConfig, UserError, as_dict
 from .data import Problem, dev_indices, load_split
-from .prompts import load_prompt, prompt_hash, render, slots
+from .prompts import check_slots, load_prompt, prompt_hash, render
 
 SOFT_PROMPT_FILE, CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE = (
     "soft_prompt.safetensors", "config.json", "train_log.jsonl", "checkpoint.pt")
@@ -219,10 +219,8 @@ def train(config: TuningConfig) -> Path:
     name = run_name(config)
     folder = Path(config.output_dir) / name
     template = load_prompt(config.prompt)
-    wanted = {"exemplars", "question"} if config.context == "rag" else {"question"}
-    if slots(template) != wanted:
-        raise UserError(f"--prompt {config.prompt} has slots {sorted(slots(template))}; --context {config.context} "
-                        f"fills {sorted(wanted)}")
+    check_slots(template, config.prompt, {"exemplars", "question"} if config.context == "rag" else {"question"},
+                f"--context {config.context}")
     model_path = resolve_model(config.model)
     meta = {**as_dict(config), "name": name, "prompt_hash": prompt_hash(template)}
     checkpoint = _read_checkpoint(folder, meta)
