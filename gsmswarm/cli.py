@@ -78,19 +78,18 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     return 1 if mismatches else 0
 
 
-def summarize(output_dir: str) -> None:
+def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     """Recompute every run's summary from its records; print the tables and, per model, the study's verdicts;
-    write plots beside the runs."""
-    from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, run_path,
-                         run_records, summarize_run, text_table)
-    from .results import load_runs, read_records
+    write plots beside the runs; with `markdown`, rewrite that file's generated results part."""
+    from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, recompute,
+                         replace_generated, run_records, study_markdown, text_table)
     from .study import comparison_rows, find_arms, swarm_rows, verdict_rows, verdicts
 
-    runs = load_runs(output_dir)
+    if markdown and not Path(markdown).is_file():
+        raise UserError(f"--markdown {markdown}: no such file")
+    runs = recompute(output_dir)
     if not runs:
         raise UserError(f"--output-dir {output_dir}: no *.summary.json found")
-    runs = [{**summarize_run(run_path(r), read_records(run_path(r)), r["config"]),
-             "path": r["path"]} for r in runs]
     print(format_table(runs))
     if len(runs) > 1:
         print("\n" + comparison_table(runs))
@@ -115,6 +114,10 @@ def summarize(output_dir: str) -> None:
         plots.append(Path(output_dir) / "maj_at_k.png")
         plot_maj_curves(runs, plots[-1])
     print("\nplots: " + (", ".join(map(str, plots)) or "none (no study arm run yet)"))
+    if markdown:
+        text = Path(markdown).read_text()
+        Path(markdown).write_text(replace_generated(text, study_markdown(runs), markdown))
+        print(f"{markdown}: results part rewritten from the records")
 
 
 def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
@@ -141,7 +144,8 @@ def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
         print(format_table([run(config, gen)]))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag (tests parse the README's commands with it, without running them)."""
     parser = _Parser(prog="python -m gsmswarm", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -161,6 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _add_dataclass_flags(p_study, cls, only=[f.name for f in dataclasses.fields(cls) if f.name not in ARM_FIELDS])
     p_sum = sub.add_parser("summarize", help="print a table of every run's summary in a results folder")
     p_sum.add_argument("--output-dir", default="method_results", help="folder written by `run`")
+    p_sum.add_argument("--markdown", metavar="FILE", help="also rewrite the results part of FILE (between its "
+                       "'<!-- results: ... -->' and '<!-- results end -->' lines) as markdown tables, e.g. README.md")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
     _add_dataclass_flags(p_tune, TuningConfig)
     p_index = sub.add_parser("build-index", help="build (or check) the Chroma index of training problems for rag")
@@ -168,7 +174,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_conv = sub.add_parser("convert", help="convert a named GGUF model once (verified by sha256); print its folder")
     p_conv.add_argument("--model", default="smollm2-135m",
                         help="smollm2-135m (embedded), or qwen2.5-coder-0.5b / -1.5b after `bash install.sh --model <name>`")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork swarm processes after tokenizing
@@ -190,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"index: {len(index)} training problems in {index.store_dir}")
             return 0
         if args.command == "summarize":
-            summarize(args.output_dir)
+            summarize(args.output_dir, args.markdown)
             return 0
         if args.command == "train-prompt":
             from .tuning import train

@@ -7,13 +7,19 @@ from pathlib import Path
 from typing import Dict, List
 
 from .answers import FILTERS
-from .config import RunConfig
+from .config import RunConfig, UserError
 from .errors import taxonomy
 from .metrics import accuracy, maj_curve, paired
-from .results import graded, read_records, write_json
+from .results import graded, load_runs, read_records, write_json
+from .study import ARMS, comparison_rows, find_arms, swarm_rows, verdict_rows, verdicts
+
+# The README's results live between these lines, written by `python -m gsmswarm summarize --markdown README.md`
+# and checked against the records by tests/test_study.py, so the README's tables cannot drift from the data.
+MARKERS = ("<!-- results: generated from method_results/ by `python -m gsmswarm summarize --markdown README.md` -->",
+           "<!-- results end -->")
 
 
-def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
+def summarize_run(path: Path, records: List[dict], config: dict, save: bool = True) -> dict:
     """Aggregates of one run: accuracy per filter, maj@k (sampled runs), error taxonomy, tokens, time.
     Scores count graded records only: a backend error is neither right nor wrong, so it is reported apart
     (`n_backend_errors`, and in the taxonomy) instead of lowering the accuracy."""
@@ -34,8 +40,15 @@ def summarize_run(path: Path, records: List[dict], config: dict) -> dict:
         "truncated_rate": (sum(sum(r["truncated"]) for r in answered) / sum(len(r["truncated"]) for r in answered)
                            if answered else 0.0),
     }
-    write_json(path.with_name(path.stem + ".summary.json"), summary)  # not with_suffix: "t0.7" has a dot
+    if save:
+        write_json(path.with_name(path.stem + ".summary.json"), summary)  # not with_suffix: "t0.7" has a dot
     return summary
+
+
+def recompute(output_dir: str, save: bool = True) -> List[dict]:
+    """Every run's summary under `output_dir`, recomputed from its records (and saved beside them)."""
+    return [{**summarize_run(run_path(r), read_records(run_path(r)), r["config"], save=save), "path": r["path"]}
+            for r in load_runs(output_dir)]
 
 
 def text_table(rows: List[tuple]) -> str:
@@ -58,6 +71,62 @@ def format_table(summaries: List[dict]) -> str:
                      f"{m['invalid_rate']:.2f}", f"{s['truncated_rate']:.2f}",
                      f"{s['generation_s'] / max(m['n'], 1):.1f}", str(s.get("n_backend_errors", 0))))
     return text_table(rows)
+
+
+def markdown_table(rows: List[tuple]) -> str:
+    """A header row and body rows (as `text_table` takes them) as a GitHub markdown table."""
+    head, *body = rows
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def _commits(summary: dict) -> str:
+    return ", ".join(f"`{c[:7]}{'-dirty' if c.endswith('-dirty') else ''}`" for c in summary["commits"])
+
+
+def study_markdown(summaries: List[dict]) -> str:
+    """The study as the README shows it, per model: every arm run so far (local engine; an arm run only through
+    the swarm is shown with that run); where a claim can be judged, the verdict per claim and every comparison
+    of the family, from the local runs' records; how the local runs agree with the same arms through the swarm."""
+    parts = []
+    for model in sorted({s["config"]["model"] for s in summaries}):
+        local, swarm = find_arms(summaries, model), find_arms(summaries, model, backend="petals")
+        shown = {arm: local.get(arm) or swarm.get(arm) for arm in ARMS if arm in local or arm in swarm}
+        if not shown:
+            continue
+        rows = [("arm", "backend", "test problems", "correct", "accuracy [95% CI]", "commits")]
+        for arm, s in shown.items():
+            m = s["metrics"]["answer"]
+            rows.append((ARMS[arm].label, s["config"]["backend"], str(m["n"]), str(m["correct"]),
+                         f"{m['accuracy']:.3f} {_ci(m)}", _commits(s)))
+        parts.append(f"**{model}** (greedy unless stated; float32):\n\n" + markdown_table(rows))
+        comparisons, claims = verdicts({arm: run_records(s) for arm, s in local.items()})
+        if claims:  # a model with no claim decidable yet (the harness check) shows its arms only
+            parts.append(f"The claims, {model} (paired on the problems both arms finished; Holm-adjusted p across "
+                         f"the {len(comparisons)} comparisons below):\n\n" + markdown_table(verdict_rows(claims)))
+            parts.append(f"Every comparison, {model} (difference in accuracy, a minus b, with its paired "
+                         "bootstrap 95% interval; exact McNemar p):\n\n" + markdown_table(comparison_rows(comparisons)))
+        checked = swarm_rows({arm: run_records(s) for arm, s in local.items()},
+                             {arm: run_records(s) for arm, s in swarm.items()})
+        if len(checked) > 1:
+            parts.append(f"The local runs against the same arms through the Petals swarm, {model}:\n\n"
+                         + markdown_table(checked))
+    return "\n\n".join(parts)
+
+
+def replace_generated(text: str, generated: str, where: str) -> str:
+    """`text` with the part between MARKERS replaced by `generated`; `where` names the file in the error."""
+    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    if start < 0 or end < start:
+        raise UserError(f"--markdown {where}: no results markers in it (a line '{MARKERS[0]}', later a line "
+                        f"'{MARKERS[1]}')")
+    return text[:start + len(MARKERS[0])] + "\n\n" + generated + "\n\n" + text[end:]
+
+
+def generated_part(text: str) -> str:
+    """What `replace_generated` put between the markers ('' if there are none)."""
+    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    return text[start + len(MARKERS[0]):end].strip() if 0 <= start < end else ""
 
 
 def run_path(summary: dict) -> Path:
@@ -132,8 +201,6 @@ def plot_forest(arms: Dict[str, Dict[str, dict]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .study import ARMS
 
     order = [a for a in ARMS if any(a in by_arm for by_arm in arms.values())]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.42 * len(order)))

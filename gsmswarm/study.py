@@ -89,7 +89,7 @@ def verdicts(records: Dict[str, List[dict]], alpha: float = ALPHA) -> Tuple[List
     comparisons = [{"a": a, "b": b, **paired(records[a], records[b])} for a, b in family]
     for c, p in zip(comparisons, holm([c["p_value"] for c in comparisons])):
         c["p_holm"] = p
-        c["outcome"] = ("no difference" if p >= alpha else "better" if c["diff"] > 0 else "worse")
+        c["outcome"] = ("not significant" if p >= alpha else "better" if c["diff"] > 0 else "worse")
     by_pair = {(c["a"], c["b"]): c for c in comparisons}
     claims = []
     for claim in CLAIMS:

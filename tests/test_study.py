@@ -2,6 +2,8 @@
 that the arms name the runs `study` writes."""
 import pytest
 
+from conftest import cli
+
 from gsmswarm.results import run_name
 from gsmswarm.study import ARMS, CLAIMS, arm_config, find_arms, swarm_rows, verdicts
 
@@ -41,7 +43,7 @@ def test_holm_can_overturn_a_raw_p_below_alpha():
     comparisons, claims = verdicts(runs(cot=20, ptune=26, rag=20))
     pt_vs_rag = next(c for c in comparisons if (c["a"], c["b"]) == ("ptune", "rag"))
     assert pt_vs_rag["p_value"] == pytest.approx(0.03125) and pt_vs_rag["p_holm"] == pytest.approx(0.09375)
-    assert pt_vs_rag["diff"] == pytest.approx(6 / N) and pt_vs_rag["outcome"] == "no difference"
+    assert pt_vs_rag["diff"] == pytest.approx(6 / N) and pt_vs_rag["outcome"] == "not significant"
     assert by_claim(claims)["ptune"]["verdict"] == "undecided"
 
 
@@ -69,3 +71,44 @@ def test_swarm_rows_count_identical_completions_on_common_problems():
     swarm = {"cot": recs(["a 1", "B 2", "c 3"])}  # problem 1 differs in text but not in its answer
     assert swarm_rows(local, swarm) == [("arm", "problems in both", "identical completions", "same answer"),
                                         ("CoT 8-shot", "3", "2 (66.7%)", "3 (100.0%)")]
+
+
+def test_readme_results_are_the_records():
+    """The README's results part is exactly what `summarize --markdown README.md` makes from the committed
+    records: commit records without regenerating it, or edit a number by hand, and this fails."""
+    from gsmswarm.config import REPO_DIR
+    from gsmswarm.report import generated_part, recompute, study_markdown
+
+    readme = (REPO_DIR / "README.md").read_text()
+    assert generated_part(readme), "README.md has no results markers"
+    assert generated_part(readme) == study_markdown(recompute(str(REPO_DIR / "method_results"), save=False)), (
+        "README.md's results differ from method_results/: run python -m gsmswarm summarize --markdown README.md")
+
+
+def test_summarize_markdown_rewrites_only_the_generated_part(tmp_path):
+    import shutil
+
+    from gsmswarm.config import REPO_DIR
+    from gsmswarm.report import MARKERS
+
+    results = tmp_path / "results"
+    for name in ("cot__local__qwen2.5-coder-0.5b__cot_8shot__test__n1__t0__s0",
+                 "cot__local__qwen2.5-coder-0.5b__qa_zeroshot__test__n1__t0__s0"):
+        for suffix in (".jsonl", ".summary.json"):
+            (results / "cot").mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO_DIR / "method_results" / "cot" / (name + suffix), results / "cot")
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# title\n\nbefore\n\n{MARKERS[0]}\nstale | table\n{MARKERS[1]}\n\nafter\n")
+    done = cli("summarize", "--output-dir", str(results), "--markdown", str(doc))
+    assert done.returncode == 0, done.stderr
+    text = doc.read_text()
+    assert text.startswith("# title\n\nbefore\n\n" + MARKERS[0]) and text.endswith(MARKERS[1] + "\n\nafter\n")
+    assert "stale" not in text
+    assert "| CoT 8-shot | local | 1319 | 174 | 0.132 [0.115, 0.151] | `2ebda20` |" in text
+    assert "| zero-shot | local | 150 | 3 | 0.020 [0.007, 0.057] | `9a6a574` |" in text
+    assert "The claims" not in text  # no claim has its arms among these runs: the arms alone
+
+    doc.write_text("no markers here\n")
+    done = cli("summarize", "--output-dir", str(results), "--markdown", str(doc))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and str(doc) in done.stderr
+    assert doc.read_text() == "no markers here\n"  # untouched
