@@ -43,6 +43,14 @@ class GenerationConfig:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
+def split_peers(peers) -> Tuple[str, ...]:
+    """Swarm multiaddrs from a list, or from one string separated by spaces or commas (what $INITIAL_PEERS and
+    a notebook parameter hold)."""
+    if isinstance(peers, str):
+        peers = peers.replace(",", " ").split()
+    return tuple(peers)
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """Where the model runs: shared by every command that loads one."""
@@ -53,7 +61,7 @@ class BackendConfig:
                        default="smollm2-135m")
     initial_peers: Tuple[str, ...] = _help(
         "swarm multiaddrs (default: $INITIAL_PEERS, else start a loopback swarm for this run)",
-        default=tuple(os.environ.get("INITIAL_PEERS", "").split()))
+        default=split_peers(os.environ.get("INITIAL_PEERS", "")))
     dht_prefix: Optional[str] = _help("name the swarm serves the model under (default: derived from --model)",
                                       default=None)
     num_servers: int = _help("servers in a loopback swarm started for this run", default=2)

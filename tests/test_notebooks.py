@@ -22,3 +22,35 @@ def test_notebooks_are_committed_executed_in_order():
     for path in NOTEBOOKS:
         counts = [c.execution_count for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
         assert counts == list(range(1, len(counts) + 1)), f"{path.name}: run 'Restart & Run All' before committing"
+
+
+def _outputs(nb) -> str:
+    texts = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            texts.append(o.get("text", "") + "".join(o.get("data", {}).get(k, "") for k in ("text/plain", "text/markdown")))
+    return "\n".join(texts)
+
+
+def test_papermill_parameters_take_effect(swarm, tmp_path):
+    """Parameters given to papermill (as the README's GPU walkthrough does) reach every cell that uses them: a
+    swarm as one comma-separated string, no local check, another problem; another model's runs in notebook 05."""
+    import papermill
+
+    peers = ",".join(swarm.initial_peers)
+    nb = papermill.execute_notebook(
+        str(NOTEBOOKS[0].parent / "02_chain_of_thought.ipynb"), str(tmp_path / "02.ipynb"), kernel_name="python3",
+        cwd=str(NOTEBOOKS[0].parent), progress_bar=False,
+        parameters=dict(INITIAL_PEERS=peers, LOCAL_CHECK=False, LIVE_PROBLEM=3, LIVE_MAX_NEW_TOKENS=12))
+    text = _outputs(nb)
+    assert "smollm2-135m, test problem 3 (gold" in text
+    assert "starting a loopback swarm" not in text  # it used the swarm it was given
+    assert "locally in" not in text and "Live," not in text  # LOCAL_CHECK=False: no local model was loaded
+
+    nb = papermill.execute_notebook(
+        str(NOTEBOOKS[0].parent / "05_rag_chroma.ipynb"), str(tmp_path / "05.ipynb"), kernel_name="python3",
+        cwd=str(NOTEBOOKS[0].parent), progress_bar=False, parameters=dict(MODEL="smollm2-135m"))
+    text = _outputs(nb)
+    assert "rag__local__smollm2-135m__rag_cot@k8-nearest_last" in text
+    assert "against cot__petals__smollm2-135m__cot_8shot" in text  # that model's own baseline
+    assert "qwen2.5-coder" not in text

@@ -197,7 +197,7 @@ def open_backend(name: str, model_path: str, initial_peers: Sequence[str] = (), 
         if name == "petals" and not initial_peers:
             from ..swarm import LoopbackSwarm
 
-            print(f"starting a loopback swarm ({num_servers} servers) for {model_path} ...", file=sys.stderr)
+            print(f"starting a loopback swarm ({num_servers} servers) for {Path(model_path).name} ...", file=sys.stderr)
             swarm = stack.enter_context(LoopbackSwarm(model_path, workdir or CACHE_DIR / "swarm", num_servers))
             initial_peers, dht_prefix = swarm.initial_peers, swarm.dht_prefix
         backend = load_backend(name, model_path, initial_peers, dht_prefix, **kw)
