@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -100,3 +102,57 @@ def test_prompt_tuning_scripts_wrap_the_cli():
     prep = sh("prompt_tuning/model_tuning_preprocessing.sh", "--dry-run")
     assert prep.returncode == 0 and "+ bash install.sh" in prep.stderr
     assert sh("prompt_tuning/model_tuning_preprocessing.sh", "--bogus").returncode == 2
+
+
+def _walkthrough() -> list:
+    """The commands of the README's 'Run it on rented GPUs' block, one per line, comments dropped."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Run it on rented GPUs"):]
+    block = section[section.index("```bash\n") + 8:section.index("\n```", section.index("```bash\n"))]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_gpu_walkthrough_in_the_readme_dry_runs_and_parses():
+    """Every command of the walkthrough, as far as a machine without GPUs can check it: the scripts' dry runs,
+    the CLI's parser and configs (study builds every arm's run with --list), papermill's parameters."""
+    import shlex
+
+    import papermill
+
+    from gsmswarm.cli import build_parser
+    from gsmswarm.convert import CONVERTER_VERSION
+    from gsmswarm.swarm import dht_prefix_for
+
+    env, seen = {}, set()
+    for line in _walkthrough():
+        for command in line.split(" && "):
+            words = shlex.split(command)
+            if words[0] == "export":
+                env.update(w.split("=", 1) for w in words[1:])
+                continue
+            while "=" in words[0]:  # VAR=value before the command
+                name, value = words.pop(0).split("=", 1)
+                env[name] = value
+            if words[:2] == ["bash", "install.sh"]:
+                assert words[2:] == ["--model", "qwen2.5-coder-0.5b"]  # what the quick start and CI install run
+            elif words[0] == "bash":
+                done = sh(words[1], "--dry-run", *words[2:], env=env)
+                assert done.returncode == 0, f"{command}: {done.stderr}"
+                if words[1] == "server_run.sh":
+                    model = words[words.index("--model") + 1]
+                    assert model == f".cache/models/qwen2.5-coder-0.5b-v{CONVERTER_VERSION}"  # install.sh's folder
+                    assert f"--dht-prefix {dht_prefix_for(model)} --torch-dtype float32" in done.stderr
+            elif words[0] == ".venv/bin/python":
+                assert words[1:3] == ["-m", "gsmswarm"], command
+                args = build_parser().parse_args(words[3:])  # exits (fails the test) on an unknown flag
+                if args.command == "study":
+                    done = cli(*words[3:], "--list", env={"INITIAL_PEERS": env["INITIAL_PEERS"]})
+                    assert done.returncode == 0 and "__petals__" in done.stdout, f"{command}: {done.stderr}"
+            elif words[0] == ".venv/bin/papermill":
+                params = papermill.inspect_notebook(str(REPO / words[1]))
+                given = [words[i + 1] for i, w in enumerate(words) if w == "-p"]
+                assert set(given) <= set(params), f"{words[1]} has no parameter {set(given) - set(params)}"
+            else:
+                raise AssertionError(f"the walkthrough has a command this test does not check: {command}")
+            seen.add(words[1] if words[0] == "bash" else words[3] if words[0].endswith("python") else words[0])
+    assert {"server_run.sh", "client_run.sh", "parity", "study", "train-prompt", "summarize"} <= seen
