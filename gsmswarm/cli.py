@@ -83,7 +83,7 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     write plots beside the runs; with `markdown`, rewrite that file's generated results part."""
     from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, recompute,
                          replace_generated, run_records, study_markdown, text_table)
-    from .study import comparison_rows, find_arms, swarm_rows, verdict_rows, verdicts
+    from .study import comparison_rows, find_arms, shown_arms, swarm_rows, verdict_rows, verdicts
 
     if markdown and not Path(markdown).is_file():
         raise UserError(f"--markdown {markdown}: no such file")
@@ -93,8 +93,9 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     print(format_table(runs))
     if len(runs) > 1:
         print("\n" + comparison_table(runs))
-    arms = {m: a for m in sorted({r["config"]["model"] for r in runs}) if (a := find_arms(runs, m))}
-    for model, by_arm in arms.items():
+    models = sorted({r["config"]["model"] for r in runs})
+    for model in models:
+        by_arm = find_arms(runs, model)
         comparisons, claims = verdicts({arm: run_records(s) for arm, s in by_arm.items()})
         if comparisons:
             print(f"\nthe study, {model} (p Holm-adjusted across these {len(comparisons)} comparisons):")
@@ -106,6 +107,7 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
             print(f"\nthe local runs against the same arms through the swarm, {model}:")
             print(text_table(checked))
     plots = []
+    arms = {m: a for m in models if (a := shown_arms(runs, m))}
     if arms:
         plots.append(Path(output_dir) / "accuracy.png")
         plot_forest(arms, plots[-1])

@@ -11,7 +11,7 @@ from .config import RunConfig, UserError
 from .errors import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, load_runs, read_records, write_json
-from .study import ARMS, comparison_rows, find_arms, swarm_rows, verdict_rows, verdicts
+from .study import ARMS, comparison_rows, find_arms, shown_arms, swarm_rows, verdict_rows, verdicts
 
 # The README's results live between these lines, written by `python -m gsmswarm summarize --markdown README.md`
 # and checked against the records by tests/test_study.py, so the README's tables cannot drift from the data.
@@ -91,7 +91,7 @@ def study_markdown(summaries: List[dict]) -> str:
     parts = []
     for model in sorted({s["config"]["model"] for s in summaries}):
         local, swarm = find_arms(summaries, model), find_arms(summaries, model, backend="petals")
-        shown = {arm: local.get(arm) or swarm.get(arm) for arm in ARMS if arm in local or arm in swarm}
+        shown = shown_arms(summaries, model)
         if not shown:
             continue
         rows = [("arm", "backend", "test problems", "correct", "accuracy [95% CI]", "commits")]
@@ -197,7 +197,8 @@ def method_comparison(runs: Dict[str, List[dict]]):
 
 
 def plot_forest(arms: Dict[str, Dict[str, dict]], path: Path) -> None:
-    """The study at a glance: accuracy with its 95% interval for every arm (rows) and model (colours)."""
+    """The study at a glance: accuracy with its 95% interval for every arm (rows) and model (colours); a run
+    through the swarm is labelled so."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -209,8 +210,9 @@ def plot_forest(arms: Dict[str, Dict[str, dict]], path: Path) -> None:
         ms = [s["metrics"]["answer"] for s in by_arm.values()]
         ax.errorbar([m["accuracy"] for m in ms], ys, fmt="o", capsize=3, label=model,
                     xerr=[[m["accuracy"] - m["ci_low"] for m in ms], [m["ci_high"] - m["accuracy"] for m in ms]])
-        for y, m in zip(ys, ms):
-            ax.annotate(f"{m['accuracy']:.3f} (n={m['n']})", (m["ci_high"], y), xytext=(4, -3),
+        for y, m, s in zip(ys, ms, by_arm.values()):
+            swarm = ", swarm" if s["config"]["backend"] == "petals" else ""
+            ax.annotate(f"{m['accuracy']:.3f} (n={m['n']}{swarm})", (m["ci_high"], y), xytext=(4, -3),
                         textcoords="offset points", fontsize=6)
     ax.set_yticks(range(len(order)), [ARMS[a].label for a in order])
     ax.invert_yaxis()

@@ -81,6 +81,13 @@ def find_arms(summaries: List[dict], model: str, backend: str = "local") -> Dict
     return {arm: by_id[name] for arm, name in names.items() if name in by_id}
 
 
+def shown_arms(summaries: List[dict], model: str) -> Dict[str, dict]:
+    """The arms tables and figures show: each arm's local run, or its run through the swarm where only that exists
+    (the embedded model's CoT and PT were run through the swarm only). Verdicts use the local runs alone."""
+    local, swarm = find_arms(summaries, model), find_arms(summaries, model, backend="petals")
+    return {arm: local.get(arm) or swarm[arm] for arm in ARMS if arm in local or arm in swarm}
+
+
 def verdicts(records: Dict[str, List[dict]], alpha: float = ALPHA) -> Tuple[List[dict], List[dict]]:
     """From each arm's graded records (one model; arm key -> records): every comparison of the family with its
     Holm-adjusted p and outcome, and one verdict per claim whose arms have been run."""
