@@ -30,7 +30,9 @@ def summarize_run(path: Path, records: List[dict], config: dict, save: bool = Tr
         "commits": sorted({r["commit"] for r in records}),  # a resumed run may span commits
         "prompt_hash": records[-1]["prompt_hash"] if records else None,
         "n_samples": n_samples,
-        "metrics": {name: accuracy(answered, name) for name in ("answer", *FILTERS)},
+        # the text filters only where the method reads its answer from text (a PAL answer is a program's value)
+        "metrics": {name: accuracy(answered, name) for name in ("answer", *FILTERS)
+                    if name == "answer" or all(name in r["preds"] for r in answered)},
         "n_backend_errors": len(records) - len(answered),
         "maj_curve": maj_curve(answered) if n_samples > 1 else None,
         "taxonomy": taxonomy(records),
@@ -67,7 +69,7 @@ def format_table(summaries: List[dict]) -> str:
     for s in summaries:
         m = s["metrics"]["answer"]
         rows.append((s["run_id"], str(m["n"]), f"{m['accuracy']:.3f}", _ci(m),
-                     f"{s['metrics']['strict']['accuracy']:.3f}", f"{s['metrics']['flexible']['accuracy']:.3f}",
+                     *(f"{s['metrics'][f]['accuracy']:.3f}" if f in s["metrics"] else "-" for f in ("strict", "flexible")),
                      f"{m['invalid_rate']:.2f}", f"{s['truncated_rate']:.2f}",
                      f"{s['generation_s'] / max(m['n'], 1):.1f}", str(s.get("n_backend_errors", 0))))
     return text_table(rows)

@@ -29,7 +29,9 @@ RECORD_FIELDS = {
     "commit": "git commit of the code that wrote the record (-dirty: uncommitted code changes)",
     "idx": "the problem's line in its split (0-based)", "question": "the problem text",
     "gold": "the number after #### (commas removed)",
-    "completions": "raw model text, one per sampled completion", "preds": "per filter, each completion's answer",
+    "completions": "raw model text, one per sampled completion",
+    "preds": "per filter, each completion's answer (pal: 'answer' only, the program's value; older pal records "
+             "repeat it under strict and flexible)",
     "pred": "the answer (the vote over completions)", "correct": "pred == gold",
     "truncated": "per completion: stopped by the token limit", "n_prompt_tokens": "tokens in the prompt",
     "n_completion_tokens": "per completion", "latency_s": "generation time of this problem's requests",
@@ -44,6 +46,22 @@ LATER_FIELDS = {  # fields that records made before they existed lack
     "wall_s": "seconds since the run's previous record (absent: problems ran one at a time)",
     "isolation": "pal and calculator: bwrap or unsafe (absent: the process fence, before the isolation)",
 }
+
+
+def answer_fields(problem, prompt: str, backend, completions, preds: Dict[str, List[str]]) -> dict:
+    """The record fields of a solved problem, from `completions` to `latency_s` in RECORD_FIELDS: the one builder
+    every method calls, so none leaves a field out or fills it its own way. `preds` holds each completion's
+    answer per filter that applies to the method ('answer' always; the text filters where the answer is read
+    from text); `pred` is the vote over the 'answer' preds."""
+    from .metrics import majority_vote
+
+    pred = majority_vote(preds["answer"])
+    return {
+        "completions": [c.text for c in completions], "preds": preds, "pred": pred, "correct": pred == problem.gold,
+        "truncated": [c.truncated for c in completions], "n_prompt_tokens": backend.n_tokens(prompt),
+        "n_completion_tokens": [len(c.token_ids) for c in completions],
+        "latency_s": round(sum(c.latency_s for c in completions), 3),
+    }
 
 
 def model_short(model: str) -> str:

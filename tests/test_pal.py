@@ -41,7 +41,7 @@ def test_program_is_header_plus_completion_and_its_value_is_the_answer(local_bac
     assert gen.stop == ("\n\n\n", "\nQ:")  # programs have blank lines; the exemplars are 3+ newlines apart
     assert record["programs"][0] == f'def solution():\n    """{PROBLEM.question}"""\n    apples = 3 + 2\n    return apples'
     assert record["sandbox"] == [{"verdict": "ok", "value": "5", "error": None}]
-    assert record["pred"] == "5" and record["correct"] and record["preds"]["strict"] == ["5"]
+    assert record["pred"] == "5" and record["correct"] and record["preds"] == {"answer": ["5"]}  # no text filters
 
 
 def test_prompt_ends_with_the_newline_where_the_tokenizer_glues_it_to_the_closing_quotes(sandbox):

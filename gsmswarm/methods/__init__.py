@@ -25,5 +25,5 @@ SAMPLING_METHODS = {"self_consistency"}  # need --samples k >= 2 and --temperatu
 
 def get_method(name: str):
     if name not in METHODS:
-        raise UserError(f"unknown method {name!r}: use one of {', '.join(sorted(METHODS))}")
+        raise UserError(f"--method {name}: no such method (methods: {', '.join(sorted(METHODS))})")
     return import_module(METHODS[name])

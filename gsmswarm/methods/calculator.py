@@ -8,11 +8,13 @@ import dataclasses
 import re
 
 from ..answers import INVALID, number_answer
+from ..backends import Completion
 from ..config import UserError
 from ..data import Problem
 from ..prompts import render
 from ..sandbox import Sandbox
-from .cot import grade
+from ..results import answer_fields
+from .cot import text_preds
 
 PROMPT, SLOTS = "cot_8shot_calc", {"question"}
 RECORD_FIELDS = {"calculator_calls": "each <<expression= and the value computed (null: left to the model)"}
@@ -28,16 +30,16 @@ def solve(problem: Problem, backend, template: str, gen, sandbox: Sandbox):
     if gen.n != 1:
         raise UserError("--method calculator decodes one completion per problem (--samples 1)")
     prompt = render(template, question=problem.question)
-    text, calls, n_tokens, latency, truncated = "", [], 0, 0.0, False
+    text, calls, token_ids, latency, truncated = "", [], [], 0.0, False
     inside = False  # after an unclosed "<<": the model is writing an expression
     while True:
-        budget = gen.max_new_tokens - n_tokens
+        budget = gen.max_new_tokens - len(token_ids)
         if budget <= 0:
             truncated = True
             break
         stop = ("=", ">>", *gen.stop) if inside else ("<<", *gen.stop)
         [c] = yield prompt + text, dataclasses.replace(gen, max_new_tokens=budget, stop=stop)
-        n_tokens, latency = n_tokens + len(c.token_ids), latency + c.latency_s
+        token_ids, latency = token_ids + list(c.token_ids), latency + c.latency_s
         text += c.text
         if c.stop == "<<":
             text, inside = text + "<<", True
@@ -51,9 +53,9 @@ def solve(problem: Problem, backend, template: str, gen, sandbox: Sandbox):
         else:  # a stop string of the prompt, end of sequence, or the token limit
             truncated = c.truncated
             break
-    record = grade([text], problem, prompt, backend)
-    return {**record, "calculator_calls": calls, "isolation": sandbox.kind, "truncated": [truncated], "n_completion_tokens": [n_tokens],
-            "latency_s": round(latency, 3)}
+    answer = Completion(text, token_ids, truncated, latency)  # the model's pieces and the calculator's values as one
+    return {**answer_fields(problem, prompt, backend, [answer], text_preds([text])),
+            "calculator_calls": calls, "isolation": sandbox.kind}
 
 
 def _calculate(expression: str, sandbox: Sandbox):

@@ -6,8 +6,8 @@ completion's preds are kept, maj@k for any k <= n is computed later from prefixe
 """
 from ..answers import FILTERS, extract_answer
 from ..data import Problem
-from ..metrics import majority_vote
 from ..prompts import render
+from ..results import answer_fields
 
 PROMPT, SLOTS = "cot_8shot", {"question"}
 
@@ -18,21 +18,12 @@ def solve(problem: Problem, backend, template: str, gen):
 
 
 def complete(prompt: str, problem: Problem, backend, gen):
-    """Ask for completions of a finished prompt and grade them: the record fields every prompting method
-    shares. Like every `solve`, a generator: it yields `(prompt, gen)` and receives the completions."""
+    """Ask for completions of a finished prompt and grade their text: what every prompting method shares. Like
+    every `solve`, a generator: it yields `(prompt, gen)` and receives the completions."""
     completions = yield prompt, gen
-    return {
-        **grade([c.text for c in completions], problem, prompt, backend),
-        "truncated": [c.truncated for c in completions],
-        "n_completion_tokens": [len(c.token_ids) for c in completions],
-        "latency_s": round(sum(c.latency_s for c in completions), 3),
-    }
+    return answer_fields(problem, prompt, backend, completions, text_preds([c.text for c in completions]))
 
 
-def grade(texts, problem: Problem, prompt: str, backend) -> dict:
-    """Preds per filter for each completion, and the vote over them."""
-    preds = {"answer": [extract_answer(t) for t in texts]}
-    preds.update({name: [f(t) for t in texts] for name, f in FILTERS.items()})
-    pred = majority_vote(preds["answer"])
-    return {"completions": list(texts), "preds": preds, "pred": pred, "correct": pred == problem.gold,
-            "n_prompt_tokens": backend.n_tokens(prompt)}
+def text_preds(texts) -> dict:
+    """Each completion's answer (`extract_answer`) and what each answer filter reads from it."""
+    return {"answer": [extract_answer(t) for t in texts], **{name: [f(t) for t in texts] for name, f in FILTERS.items()}}

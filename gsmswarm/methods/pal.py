@@ -17,8 +17,8 @@ import dataclasses
 
 from ..answers import INVALID, number_answer
 from ..data import Problem
-from ..metrics import majority_vote
 from ..prompts import render
+from ..results import answer_fields
 from ..sandbox import Sandbox
 
 PROMPT, SLOTS = "pal_8shot", {"question"}
@@ -49,17 +49,6 @@ def solve(problem: Problem, backend, template: str, gen, sandbox: Sandbox):
         programs.append(program)
         runs.append({"verdict": result.verdict, "value": result.value, "error": result.error})
         preds.append(number_answer(result.value) if result.ok else INVALID)
-    pred = majority_vote(preds)  # one program: its value; k sampled programs: their vote
-    return {
-        "completions": [c.text for c in completions],
-        "programs": programs,
-        "sandbox": runs,
-        "isolation": sandbox.kind,
-        "preds": {"answer": preds, "strict": preds, "flexible": preds},
-        "pred": pred,
-        "correct": pred == problem.gold,
-        "truncated": [c.truncated for c in completions],
-        "n_prompt_tokens": backend.n_tokens(prompt),
-        "n_completion_tokens": [len(c.token_ids) for c in completions],
-        "latency_s": round(sum(c.latency_s for c in completions), 3),
-    }
+    # the program's value is the answer: the text filters do not apply to a program (k programs: their vote)
+    return {**answer_fields(problem, prompt, backend, completions, {"answer": preds}),
+            "programs": programs, "sandbox": runs, "isolation": sandbox.kind}
