@@ -59,6 +59,8 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     from .data import load_split
     from .prompts import load_prompt, render
 
+    if config.soft_prompt:
+        raise UserError("--soft-prompt: parity compares the model's own greedy tokens, without a soft prompt")
     model_path = resolve_model(config.model)
     prompts = [render(load_prompt(config.prompt), question=p.question)
                for p in load_split(config.split, config.limit or 3)]

@@ -1,6 +1,7 @@
 """Run settings as dataclasses: defaults and their meaning in one place; CLI flags map 1:1 onto fields."""
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
@@ -41,6 +42,16 @@ class GenerationConfig:
             raise UserError("--samples (--n) > 1 needs --temperature > 0: greedy decoding gives identical completions")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be >= 0 (0: all tokens), got {self.top_k}")
+        if not all(self.stop):
+            raise UserError(f"--stop takes non-empty strings, got {list(self.stop)!r}")
+
+
+def check_folder(flag: str, value: Optional[str]) -> None:
+    """A folder flag must not name an existing file (the run would fail later, after loading the model)."""
+    if value is not None and Path(value).exists() and not Path(value).is_dir():
+        raise UserError(f"{flag} {value}: is a file, not a folder")
 
 
 def split_peers(peers) -> Tuple[str, ...]:
@@ -81,6 +92,11 @@ class BackendConfig:
         if any(not p.startswith("/") for p in self.initial_peers):
             raise UserError(f"--initial-peers takes multiaddrs such as /ip4/127.0.0.1/tcp/PORT/p2p/ID, "
                             f"got {' '.join(self.initial_peers)!r}")
+        if self.dht_prefix is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.dht_prefix):
+            raise UserError(f"--dht-prefix takes letters, digits, '_' and '-' ('.' and ' ' split Petals' DHT keys), "
+                            f"got {self.dht_prefix!r}")
+        if self.num_servers < 1:
+            raise UserError(f"--num-servers must be >= 1, got {self.num_servers}")
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,11 @@ class RunConfig(BackendConfig):
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1, got {self.limit}")
+        check_folder("--output-dir", self.output_dir)
+        check_folder("--index-dir", self.index_dir)
+        from .retrieval import check_embedder
+
+        check_embedder(self.embedder)
 
 
 @dataclass(frozen=True)
@@ -181,6 +202,11 @@ class TuningConfig(BackendConfig):
                 raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
         if self.lr <= 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
+        if not self.init_text.strip():
+            raise UserError("--init-text must not be empty: its tokens' embeddings initialise the soft prompt")
+        if self.name is not None and (Path(self.name).name != self.name or self.name in ("", ".", "..")):
+            raise UserError(f"--name takes a folder name inside --output-dir, got {self.name!r}")
+        check_folder("--output-dir", self.output_dir)
 
 
 def as_dict(config) -> dict:

@@ -30,10 +30,21 @@ MARKER = "gsmswarm_index.json"
 INDEX_VERSION = 1  # bump when what is stored per problem changes
 
 
+def check_embedder(name: str) -> None:
+    """What `--embedder` can name, checked before anything loads: an embedded model, a folder, or a hub id
+    (which needs a hub, HF_HUB_OFFLINE=0, or a filled cache)."""
+    if name in EMBEDDERS or Path(name).expanduser().is_dir():
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise UserError(f"--embedder {name}: no such folder, not one of {', '.join(EMBEDDERS)}, and not a hub id "
+                        "of the form org/name")
+
+
 def resolve_embedder(name: str) -> str:
     """A named embedded model (verified by sha256), else a local folder or hub id for sentence-transformers."""
+    check_embedder(name)
     if name not in EMBEDDERS:
-        return name
+        return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name  # a folder or a hub id
     package, sha = EMBEDDERS[name]
     try:
         folder = Path(__import__(package).__file__).parent / "model"

@@ -116,7 +116,7 @@ def one_line_error(result, *needles):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["run", "--method", "tree_search"], ["unknown method", "tree_search"]),
+    (["run", "--method", "tree_search"], ["--method tree_search: no such method", "cot"]),
     (["run", "--backend", "openai"], ["--backend"]),
     (["run", "--no-such-flag", "1"], ["unrecognized arguments", "--no-such-flag"]),
     (["run", "--limit", "many"], ["--limit", "invalid int"]),
