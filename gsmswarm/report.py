@@ -8,7 +8,7 @@ from typing import Dict, List
 
 from .answers import FILTERS
 from .config import RunConfig, UserError
-from .errors import taxonomy
+from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, load_runs, read_records, write_json
 from .study import ARMS, comparison_rows, find_arms, shown_arms, swarm_rows, verdict_rows, verdicts

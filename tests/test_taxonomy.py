@@ -1,7 +1,7 @@
 import pytest
 
 from gsmswarm.answers import INVALID
-from gsmswarm.errors import arithmetic_slips, categorise, taxonomy
+from gsmswarm.taxonomy import arithmetic_slips, categorise, taxonomy
 
 
 def _rec(completion, pred, gold="18", truncated=False, error=None):
