@@ -73,3 +73,28 @@ def test_greedy_from_a_known_prefix_gives_the_tokens_of_a_fresh_encoding(model_p
     exemplars = next(i for i, (a, b) in enumerate(zip(ids[0], ids[1])) if a != b)
     decoded = 3 * 23  # each generated token but the last is fed back once
     assert sum(encoded) - decoded == sum(map(len, ids)) - exemplars - (len(ids[0]) - 1)
+
+
+def test_petals_retry_warnings_are_one_short_line_each(caplog):
+    """A retry's warning carries the server's whole traceback in the exception text, and errors without text
+    add a traceback record: through the filter each retry is one line and the traceback record is gone."""
+    import logging
+
+    from gsmswarm.backends.petals import RETRY_LOGGERS, OneLineRetries
+
+    log = logging.getLogger(RETRY_LOGGERS[0])
+    log.addFilter(OneLineRetries())
+    try:
+        remote = repr(RuntimeError("Traceback (most recent call last):\n" + '  File "x.py", line 1, in f\n' * 10 + "OSError"))
+        with caplog.at_level(logging.WARNING):
+            log.warning(f"Caught exception when running inference via span 0:15 (retry in 1 sec): {remote}")
+            try:
+                raise TimeoutError()
+            except TimeoutError:
+                log.warning("See detailed traceback below:", exc_info=True)
+        [record] = caplog.records
+        assert record.getMessage().startswith("Caught exception when running inference via span 0:15 (retry in 1 sec)")
+        assert len(record.getMessage()) == 203 and record.getMessage().endswith("...")
+        assert record.exc_info is None and "\n" not in caplog.text.strip()
+    finally:
+        log.filters[:] = [f for f in log.filters if not isinstance(f, OneLineRetries)]

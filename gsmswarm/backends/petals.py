@@ -1,9 +1,10 @@
 """The Petals backend: the client keeps the embeddings, the LM head and any soft prompt; the transformer
-blocks run on the swarm's servers. Decoding is transformers' `generate` loop on the client, one request at
-several requests at once, each in its own inference session (`ThreadedBackend`); a request's n rows share
+blocks run on the swarm's servers. Decoding is transformers' `generate` loop on the client, for several
+requests at once, each in its own inference session (`ThreadedBackend`); a request's n rows share
 one session (Petals' servers hold one cache of fixed batch size per session and take no padding, and rows of
 one prompt need none).
 """
+import logging
 from typing import List, Optional, Sequence
 
 from ..config import GenerationConfig, UserError
@@ -106,6 +107,26 @@ class PetalsBackend(ThreadedBackend):
             self._dht = None
 
 
+class OneLineRetries(logging.Filter):
+    """Petals' client logs every retry with the remote error's whole text (a server's traceback included) and
+    then, for errors without text, a second record with the local traceback. A user watching a run needs one
+    short line per retry; the run's stop message and the records say the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith("See detailed traceback"):
+            return False
+        first = text.splitlines()[0] if text else ""
+        cut = first[:200] + ("..." if len(first) > 200 or "\n" in text else "")
+        if record.exc_info and record.exc_info[1] is not None and not first:
+            cut = f"{type(record.exc_info[1]).__name__}: {str(record.exc_info[1]).splitlines()[0][:200]}"
+        record.msg, record.args, record.exc_info, record.exc_text = cut, None, None, None
+        return True
+
+
+RETRY_LOGGERS = ("petals.client.inference_session", "petals.client.routing.sequence_manager")
+
+
 def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Optional[str], dtype):
     import torch
     from hivemind import DHT
@@ -118,6 +139,9 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
     from ..swarm import LOOPBACK_P2P, dht_prefix_for, gc_frozen
 
     petals_patches.apply()
+    for name in RETRY_LOGGERS:
+        if not any(isinstance(f, OneLineRetries) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(OneLineRetries())
     if not initial_peers:
         raise UserError("--initial-peers is empty: refusing to default to the public swarm")
 
