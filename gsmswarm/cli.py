@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for cls in (RunConfig, GenerationConfig):  # the flags common to every arm; the arms set the rest
         _add_dataclass_flags(p_study, cls, only=[f.name for f in dataclasses.fields(cls) if f.name not in ARM_FIELDS])
+    backend = next(a for a in p_study._actions if a.dest == "backend")
+    backend.help = backend.help.replace("(default: 'petals')", "(default for the study: 'local', the engine the long runs use)")
     p_sum = sub.add_parser("summarize", help="print a table of every run's summary in a results folder")
     p_sum.add_argument("--output-dir", default="method_results", help="folder written by `run`")
     p_sum.add_argument("--markdown", metavar="FILE", help="also rewrite the results part of FILE (between its "
@@ -237,3 +239,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... --list | head`: the reader left; Python's docs' idiom, no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
