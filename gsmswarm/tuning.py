@@ -177,7 +177,9 @@ def rag_context(problems: List[Problem], k: int, index=None) -> dict:
             for p in problems}
 
 
-def run_name(config: TuningConfig) -> str:
+def folder_name(config: TuningConfig) -> str:
+    """The soft prompt's folder under --output-dir (evaluation runs are named by results.run_name): the name
+    `--soft-prompt prompt_tuning/<folder>` and the study's arms refer to."""
     from .results import model_short
 
     rag = f"__rag{config.rag_k}" if config.context == "rag" else ""
@@ -216,7 +218,7 @@ def train(config: TuningConfig) -> Path:
     from .config import CACHE_DIR
     from .convert import resolve_model
 
-    name = run_name(config)
+    name = folder_name(config)
     folder = Path(config.output_dir) / name
     template = load_prompt(config.prompt)
     check_slots(template, config.prompt, {"exemplars", "question"} if config.context == "rag" else {"question"},

@@ -49,14 +49,14 @@ def test_batches_are_seeded_and_an_epoch_covers_every_example_once():
     assert batch_order(10, 2, 7, seed=3) == batch_order(10, 2, 7, seed=3) != batch_order(10, 2, 7, seed=4)
 
 
-def test_rag_context_defaults_and_run_name():
-    from gsmswarm.tuning import run_name
+def test_rag_context_defaults_and_folder_name():
+    from gsmswarm.tuning import folder_name
 
     plain, rag = TuningConfig(), TuningConfig(context="rag", model="qwen2.5-coder-0.5b")
     assert (plain.prompt, plain.max_length) == ("qa_zeroshot", 320)
     assert (rag.prompt, rag.max_length, rag.rag_k) == ("rag_cot", 1800, 8)
-    assert run_name(plain) == "ptune__petals__smollm2-135m__v16__s0"
-    assert run_name(rag) == "ptune__petals__qwen2.5-coder-0.5b__v16__s0__rag8"
+    assert folder_name(plain) == "ptune__petals__smollm2-135m__v16__s0"
+    assert folder_name(rag) == "ptune__petals__qwen2.5-coder-0.5b__v16__s0__rag8"
 
 
 def test_training_problems_exclude_dev():
