@@ -84,8 +84,8 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     """Recompute every run's summary from its records; print the tables and, per model, the study's verdicts;
     write plots beside the runs; with `markdown`, rewrite that file's generated results part."""
     from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, recompute,
-                         replace_generated, run_records, study_markdown, text_table)
-    from .study import comparison_rows, find_arms, shown_arms, swarm_rows, verdict_rows, verdicts
+                         replace_generated, study_markdown, study_results, text_table)
+    from .study import comparison_rows, verdict_rows
 
     if markdown and not Path(markdown).is_file():
         raise UserError(f"--markdown {markdown}: no such file")
@@ -95,24 +95,19 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     print(format_table(runs))
     if len(runs) > 1:
         print("\n" + comparison_table(runs))
-    models = sorted({r["config"]["model"] for r in runs})
-    for model in models:
-        by_arm = find_arms(runs, model)
-        comparisons, claims = verdicts({arm: run_records(s) for arm, s in by_arm.items()})
-        if comparisons:
-            print(f"\nthe study, {model} (p Holm-adjusted across these {len(comparisons)} comparisons):")
-            print(text_table(verdict_rows(claims)) if claims else "no claim has all its arms run yet")
-            print(text_table(comparison_rows(comparisons)))
-        swarm = {arm: run_records(s) for arm, s in find_arms(runs, model, backend="petals").items()}
-        checked = swarm_rows({arm: run_records(s) for arm, s in by_arm.items()}, swarm)
-        if len(checked) > 1:
+    results = study_results(runs)
+    for model, r in results.items():
+        if r["comparisons"]:
+            print(f"\nthe study, {model} (p Holm-adjusted across these {len(r['comparisons'])} comparisons):")
+            print(text_table(verdict_rows(r["claims"])) if r["claims"] else "no claim has all its arms run yet")
+            print(text_table(comparison_rows(r["comparisons"])))
+        if len(r["swarm"]) > 1:
             print(f"\nthe local runs against the same arms through the swarm, {model}:")
-            print(text_table(checked))
+            print(text_table(r["swarm"]))
     plots = []
-    arms = {m: a for m in models if (a := shown_arms(runs, m))}
-    if arms:
+    if results:
         plots.append(Path(output_dir) / "accuracy.png")
-        plot_forest(arms, plots[-1])
+        plot_forest({model: r["shown"] for model, r in results.items()}, plots[-1])
     if any(r["maj_curve"] for r in runs):
         print("\n" + maj_table(runs))
         plots.append(Path(output_dir) / "maj_at_k.png")
@@ -120,7 +115,7 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     print("\nplots: " + (", ".join(map(str, plots)) or "none (no study arm run yet)"))
     if markdown:
         text = Path(markdown).read_text()
-        Path(markdown).write_text(replace_generated(text, study_markdown(runs), markdown))
+        Path(markdown).write_text(replace_generated(text, study_markdown(results), markdown))
         print(f"{markdown}: results part rewritten from the records")
 
 

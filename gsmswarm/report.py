@@ -86,33 +86,41 @@ def _commits(summary: dict) -> str:
     return ", ".join(f"`{c[:7]}{'-dirty' if c.endswith('-dirty') else ''}`" for c in summary["commits"])
 
 
-def study_markdown(summaries: List[dict]) -> str:
-    """The study as the README shows it, per model: every arm run so far (local engine; an arm run only through
-    the swarm is shown with that run); where a claim can be judged, the verdict per claim and every comparison
-    of the family, from the local runs' records; how the local runs agree with the same arms through the swarm."""
-    parts = []
+def study_results(summaries: List[dict]) -> Dict[str, dict]:
+    """The study per model, computed once for the terminal, the README and the forest plot: the arms shown
+    (each arm's local run, or its run through the swarm where only that exists), and from the local runs every
+    comparison of the family, the verdict per claim, and how they agree with the same arms through the swarm."""
+    out = {}
     for model in sorted({s["config"]["model"] for s in summaries}):
-        local, swarm = find_arms(summaries, model), find_arms(summaries, model, backend="petals")
         shown = shown_arms(summaries, model)
         if not shown:
             continue
+        local = {arm: run_records(s) for arm, s in find_arms(summaries, model).items()}
+        swarm = {arm: run_records(s) for arm, s in find_arms(summaries, model, backend="petals").items()}
+        comparisons, claims = verdicts(local)
+        out[model] = {"shown": shown, "comparisons": comparisons, "claims": claims, "swarm": swarm_rows(local, swarm)}
+    return out
+
+
+def study_markdown(results: Dict[str, dict]) -> str:
+    """`study_results` as the README shows it: per model the arms table; where a claim can be judged, the
+    verdicts and every comparison; the swarm agreement."""
+    parts = []
+    for model, r in results.items():
         rows = [("arm", "backend", "test problems", "correct", "accuracy [95% CI]", "commits")]
-        for arm, s in shown.items():
+        for arm, s in r["shown"].items():
             m = s["metrics"]["answer"]
             rows.append((ARMS[arm].label, s["config"]["backend"], str(m["n"]), str(m["correct"]),
                          f"{m['accuracy']:.3f} {_ci(m)}", _commits(s)))
         parts.append(f"**{model}** (greedy unless stated; float32):\n\n" + markdown_table(rows))
-        comparisons, claims = verdicts({arm: run_records(s) for arm, s in local.items()})
-        if claims:  # a model with no claim decidable yet (the harness check) shows its arms only
+        if r["claims"]:  # a model with no claim decidable yet (the harness check) shows its arms only
             parts.append(f"The claims, {model} (paired on the problems both arms finished; Holm-adjusted p across "
-                         f"the {len(comparisons)} comparisons below):\n\n" + markdown_table(verdict_rows(claims)))
+                         f"the {len(r['comparisons'])} comparisons below):\n\n" + markdown_table(verdict_rows(r["claims"])))
             parts.append(f"Every comparison, {model} (difference in accuracy, a minus b, with its paired "
-                         "bootstrap 95% interval; exact McNemar p):\n\n" + markdown_table(comparison_rows(comparisons)))
-        checked = swarm_rows({arm: run_records(s) for arm, s in local.items()},
-                             {arm: run_records(s) for arm, s in swarm.items()})
-        if len(checked) > 1:
+                         "bootstrap 95% interval; exact McNemar p):\n\n" + markdown_table(comparison_rows(r["comparisons"])))
+        if len(r["swarm"]) > 1:
             parts.append(f"The local runs against the same arms through the Petals swarm, {model}:\n\n"
-                         + markdown_table(checked))
+                         + markdown_table(r["swarm"]))
     return "\n\n".join(parts)
 
 

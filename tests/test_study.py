@@ -77,11 +77,12 @@ def test_readme_results_are_the_records():
     """The README's results part is exactly what `summarize --markdown README.md` makes from the committed
     records: commit records without regenerating it, or edit a number by hand, and this fails."""
     from gsmswarm.config import REPO_DIR
-    from gsmswarm.report import generated_part, recompute, study_markdown
+    from gsmswarm.report import generated_part, recompute, study_markdown, study_results
 
     readme = (REPO_DIR / "README.md").read_text()
     assert generated_part(readme), "README.md has no results markers"
-    assert generated_part(readme) == study_markdown(recompute(str(REPO_DIR / "method_results"), save=False)), (
+    results = study_results(recompute(str(REPO_DIR / "method_results"), save=False))
+    assert generated_part(readme) == study_markdown(results), (
         "README.md's results differ from method_results/: run python -m gsmswarm summarize --markdown README.md")
 
 
