@@ -1,17 +1,22 @@
 """Every flag of every command, given a bad value, answers with one line on stderr that names the flag, and exit
-code 2, before any model, swarm or index is loaded. A new flag without a bad value here fails the test."""
+code 2, before any model, swarm or index is loaded. A new flag without a bad value here fails the test. Each case
+runs in an empty folder: a value that slipped through must not write beside the committed runs (one did, into
+method_results/, before the checks this test asked for existed)."""
 import argparse
 
 import pytest
 
 from gsmswarm import cli
+from gsmswarm.config import REPO_DIR
+
+A_FILE = str(REPO_DIR / "README.md")  # a folder flag given a file
 
 # one bad value per flag; a flag whose every value is valid (a free-form name) maps to None
 BAD = {
     "--backend": "gpu", "--model": "/nope", "--initial-peers": "localhost:1", "--dht-prefix": "a.b",
     "--num-servers": "0", "--device": "tpu", "--dtype": "int4", "--method": "magic", "--prompt": "nope",
-    "--soft-prompt": "/nope", "--split": "val", "--limit": "0", "--output-dir": "README.md", "--rag-k": "0",
-    "--rag-order": "random", "--embedder": "/nope", "--index-dir": "README.md", "--batch-size": "0",
+    "--soft-prompt": "/nope", "--split": "val", "--limit": "0", "--output-dir": A_FILE, "--rag-k": "0",
+    "--rag-order": "random", "--embedder": "/nope", "--index-dir": A_FILE, "--batch-size": "0",
     "--sandbox": "docker", "--max-new-tokens": "0", "--temperature": "-1", "--top-p": "2", "--top-k": "-1",
     "--samples": "0", "--seed": "x", "--stop": "", "--tuning-mode": "x", "--num-virtual-tokens": "0",
     "--init-text": "", "--context": "x", "--steps": "0", "--lr": "0", "--max-length": "0", "--eval-every": "0",
@@ -37,7 +42,7 @@ def cases():
 
 
 @pytest.mark.parametrize("command,flag", list(cases()), ids=lambda x: x)
-def test_a_bad_value_is_one_line_naming_the_flag(command, flag, monkeypatch, capsys):
+def test_a_bad_value_is_one_line_naming_the_flag(command, flag, monkeypatch, capsys, tmp_path):
     import gsmswarm.backends
     import gsmswarm.retrieval
     import gsmswarm.swarm
@@ -49,6 +54,7 @@ def test_a_bad_value_is_one_line_naming_the_flag(command, flag, monkeypatch, cap
                          (gsmswarm.retrieval, "embedding_function")):
         if hasattr(module, name):
             monkeypatch.setattr(module, name, reached)
+    monkeypatch.chdir(tmp_path)  # default output folders are relative: nothing lands in the repository
     assert flag in BAD or (command, flag) in BAD_FOR, f"{command} {flag}: add a bad value to BAD"
     value = BAD_FOR.get((command, flag), BAD.get(flag))
     argv = [command, flag, value, *(EXTRA.get(flag, []) if command in ("run", "parity") else [])]
