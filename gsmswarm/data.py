@@ -1,4 +1,10 @@
-"""The GSM8K task: problems from the upstream JSONL files, and a dev split carved from train."""
+"""The GSM8K task: problems as 🤗 datasets, and a dev split carved from train.
+
+The shipped JSONL files (byte-identical to openai/grade-school-math) are the default source and need no network.
+`--data hub` loads `openai/gsm8k` from the Hugging Face hub instead, and `--data DIR` a copy of that dataset's
+repository; either is checked row by row against the shipped files, because problem ids are line numbers of
+those files: every record, the dev split and the retrieval index refer to problems by them.
+"""
 import json
 import random
 from dataclasses import dataclass
@@ -7,9 +13,12 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .answers import CALC_RE, gold_answer
-from .config import REPO_DIR, UserError
+from .config import CACHE_DIR, REPO_DIR, UserError
 
 DATA_DIR = REPO_DIR / "grade_school_math" / "data"
+HUB_DATASET = ("openai/gsm8k", "main")  # the hub's GSM8K; its other config, "socratic", has other solutions
+DATASETS_CACHE = CACHE_DIR / "datasets"  # what `--data hub` downloads, beside the converted models
+_source = "local"  # where problems come from in this process; see use_source
 DEV_SIZE = 500  # dev problems carved from train: prompt work happens here, test stays untouched
 DEV_SEED = 0  # fixed, so "dev" means the same problems everywhere
 
@@ -46,16 +55,72 @@ def read_jsonl(path: Path) -> List[dict]:
     return rows
 
 
+def use_source(source: str) -> None:
+    """Take this process's problems from `source`: 'local' (the shipped files), 'hub' or a folder. A source other
+    than the shipped files is loaded and checked here, so a bad one fails before any model is loaded."""
+    global _source
+    if source not in ("local", "hub") and not Path(source).is_dir():
+        raise UserError(f"--data {source}: use local, hub, or a folder holding a copy of the hub's openai/gsm8k")
+    previous, _source = _source, source
+    _load_file.cache_clear()
+    try:
+        if source != "local":
+            for name in ("train", "test"):
+                _load_file(name)
+    except UserError:
+        _source = previous  # keep the source that worked
+        _load_file.cache_clear()
+        raise
+
+
+def gsm8k_dataset(name: str):
+    """Split 'train' or 'test' as a `datasets.Dataset` with columns question and answer, from this process's
+    source (see use_source), unchecked: the shipped file in memory, or the hub's dataset through its cache."""
+    import datasets
+
+    if _source == "local":
+        return datasets.Dataset.from_list(read_jsonl(DATA_DIR / f"{name}.jsonl"))
+    path, config = HUB_DATASET if _source == "hub" else (_source, HUB_DATASET[1])
+    datasets.logging.set_verbosity_error()  # keeps its progress bars; drops "storage unreachable" for a folder
+    offline = datasets.config.HF_DATASETS_OFFLINE
+    datasets.config.HF_DATASETS_OFFLINE = offline or _source != "hub"  # a folder: no try of the hub's storage
+    try:
+        return datasets.load_dataset(path, config, split=name, cache_dir=str(DATASETS_CACHE))
+    except Exception as e:  # the hub unreachable, offline mode, a folder of something else: all one line
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--data {_source}: cannot load {path} ({config}) split {name}: {reason} (the hub needs "
+                        f"a network and HF_HUB_OFFLINE/HF_DATASETS_OFFLINE unset, or an earlier download)") from None
+    finally:
+        datasets.config.HF_DATASETS_OFFLINE = offline
+
+
 @lru_cache(maxsize=None)
 def _load_file(name: str) -> Tuple[Problem, ...]:
     path = DATA_DIR / f"{name}.jsonl"
+    dataset = gsm8k_dataset(name)
+    if not {"question", "answer"} <= set(dataset.column_names):
+        raise UserError(f"--data {_source}: {name} has columns {dataset.column_names}, not question and answer")
+    questions, answers = dataset["question"], dataset["answer"]
+    if _source != "local":
+        _check_against_shipped(name, questions, answers)
     problems = []
-    for i, row in enumerate(read_jsonl(path)):
+    for i, (question, answer) in enumerate(zip(questions, answers)):
         try:
-            problems.append(Problem(i, row["question"], row["answer"], gold_answer(row["answer"])))
-        except (KeyError, ValueError) as e:
+            problems.append(Problem(i, question, answer, gold_answer(answer)))
+        except (TypeError, ValueError) as e:
             raise UserError(f"{path}:{i + 1}: not a GSM8K problem ({e})") from None
     return tuple(problems)
+
+
+def _check_against_shipped(name: str, questions: List[str], answers: List[str]) -> None:
+    path = DATA_DIR / f"{name}.jsonl"
+    shipped = read_jsonl(path)
+    if len(questions) != len(shipped):
+        raise UserError(f"--data {_source}: {name} has {len(questions)} problems, {path} {len(shipped)}")
+    for i, (question, answer, row) in enumerate(zip(questions, answers, shipped)):
+        if (question, answer) != (row["question"], row["answer"]):
+            raise UserError(f"--data {_source}: {name} row {i} differs from {path}:{i + 1}; problem ids are "
+                            f"line numbers of the shipped files, so only the same problems in the same order do")
 
 
 def dev_indices() -> List[int]:
