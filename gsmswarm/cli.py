@@ -49,9 +49,10 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, only: Sequence[st
 def _add_data_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="local", metavar="SOURCE",
                         help="where GSM8K comes from: 'local' (the shipped files, no network), 'hub' (openai/gsm8k "
-                             "from the Hugging Face hub, cached in .cache/datasets) or a folder holding a copy of "
-                             "that dataset's repository; hub and folder are checked against the shipped files "
-                             "row by row, since problem ids are their line numbers (default: 'local')")
+                             "from the Hugging Face hub, with HF_HUB_OFFLINE=0; cached in .cache/datasets) or a "
+                             "folder holding a copy of that dataset's repository; hub and folder are checked against "
+                             "the shipped files row by row, since problem ids are their line numbers "
+                             "(default: 'local')")
 
 
 def _build(cls, args: argparse.Namespace):

@@ -89,7 +89,7 @@ def gsm8k_dataset(name: str):
     except Exception as e:  # the hub unreachable, offline mode, a folder of something else: all one line
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"--data {_source}: cannot load {path} ({config}) split {name}: {reason} (the hub needs "
-                        f"a network and HF_HUB_OFFLINE/HF_DATASETS_OFFLINE unset, or an earlier download)") from None
+                        f"a network with HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0, or an earlier download)") from None
     finally:
         datasets.config.HF_DATASETS_OFFLINE = offline
 
