@@ -1,4 +1,4 @@
-"""The GSM8K task: problems as 🤗 datasets, and a dev split carved from train.
+"""The GSM8K task: its problems, also as 🤗 datasets, and a dev split carved from train.
 
 The shipped JSONL files (byte-identical to openai/grade-school-math) are the default source and need no network.
 `--data hub` loads `openai/gsm8k` from the Hugging Face hub instead, and `--data DIR` a copy of that dataset's
@@ -61,6 +61,8 @@ def use_source(source: str) -> None:
     global _source
     if source not in ("local", "hub") and not Path(source).is_dir():
         raise UserError(f"--data {source}: use local, hub, or a folder holding a copy of the hub's openai/gsm8k")
+    if source == _source:
+        return
     previous, _source = _source, source
     _load_file.cache_clear()
     try:
@@ -75,7 +77,8 @@ def use_source(source: str) -> None:
 
 def gsm8k_dataset(name: str):
     """Split 'train' or 'test' as a `datasets.Dataset` with columns question and answer, from this process's
-    source (see use_source), unchecked: the shipped file in memory, or the hub's dataset through its cache."""
+    source (see use_source), unchecked: the shipped file in memory (no network), or the hub's dataset through
+    its cache. Row i is problem i."""
     import datasets
 
     if _source == "local":
@@ -97,30 +100,35 @@ def gsm8k_dataset(name: str):
 @lru_cache(maxsize=None)
 def _load_file(name: str) -> Tuple[Problem, ...]:
     path = DATA_DIR / f"{name}.jsonl"
-    dataset = gsm8k_dataset(name)
-    if not {"question", "answer"} <= set(dataset.column_names):
-        raise UserError(f"--data {_source}: {name} has columns {dataset.column_names}, not question and answer")
-    questions, answers = dataset["question"], dataset["answer"]
-    if _source != "local":
-        _check_against_shipped(name, questions, answers)
     problems = []
-    for i, (question, answer) in enumerate(zip(questions, answers)):
+    for i, row in enumerate(_rows(name)):
         try:
-            problems.append(Problem(i, question, answer, gold_answer(answer)))
-        except (TypeError, ValueError) as e:
+            problems.append(Problem(i, row["question"], row["answer"], gold_answer(row["answer"])))
+        except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}:{i + 1}: not a GSM8K problem ({e})") from None
     return tuple(problems)
 
 
-def _check_against_shipped(name: str, questions: List[str], answers: List[str]) -> None:
+def _rows(name: str) -> List[dict]:
+    """The rows of split `name` from this process's source. The shipped file is read directly: gsm8k_dataset
+    gives the same rows as a Dataset (tests/test_data.py), and importing datasets (pandas, pyarrow) would add
+    about two seconds to the start of every run and test process for the same rows. Another source is read as
+    a Dataset and checked against the shipped file."""
     path = DATA_DIR / f"{name}.jsonl"
     shipped = read_jsonl(path)
-    if len(questions) != len(shipped):
-        raise UserError(f"--data {_source}: {name} has {len(questions)} problems, {path} {len(shipped)}")
-    for i, (question, answer, row) in enumerate(zip(questions, answers, shipped)):
-        if (question, answer) != (row["question"], row["answer"]):
+    if _source == "local":
+        return shipped
+    dataset = gsm8k_dataset(name)
+    if not {"question", "answer"} <= set(dataset.column_names):
+        raise UserError(f"--data {_source}: {name} has columns {dataset.column_names}, not question and answer")
+    rows = [{"question": q, "answer": a} for q, a in zip(dataset["question"], dataset["answer"])]
+    if len(rows) != len(shipped):
+        raise UserError(f"--data {_source}: {name} has {len(rows)} problems, {path} {len(shipped)}")
+    for i, (row, want) in enumerate(zip(rows, shipped)):
+        if (row["question"], row["answer"]) != (want["question"], want["answer"]):
             raise UserError(f"--data {_source}: {name} row {i} differs from {path}:{i + 1}; problem ids are "
                             f"line numbers of the shipped files, so only the same problems in the same order do")
+    return rows
 
 
 def dev_indices() -> List[int]:
