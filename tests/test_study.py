@@ -106,7 +106,7 @@ def test_summarize_markdown_rewrites_only_the_generated_part(tmp_path):
     assert text.startswith("# title\n\nbefore\n\n" + MARKERS[0]) and text.endswith(MARKERS[1] + "\n\nafter\n")
     assert "stale" not in text
     assert "| CoT 8-shot | local | 1319 | 174 | 0.132 [0.115, 0.151] | `2ebda20` |" in text
-    assert "| zero-shot | local | 150 | 3 | 0.020 [0.007, 0.057] | `9a6a574` |" in text
+    assert "| zero-shot | local | 1319 | 45 | 0.034 [0.026, 0.045] | `69a5b62`, `9a6a574` |" in text
     assert "The claims" not in text  # no claim has its arms among these runs: the arms alone
 
     doc.write_text("no markers here\n")
