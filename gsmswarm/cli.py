@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .backends import BackendError
 from .config import GenerationConfig, RunConfig, TuningConfig, UserError
 
 
@@ -248,6 +249,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BackendError as e:  # training through a swarm that keeps failing (an evaluation records its errors)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
         return 130

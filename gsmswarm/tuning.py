@@ -28,6 +28,7 @@ from .prompts import check_slots, load_prompt, prompt_hash, render
 
 SOFT_PROMPT_FILE, CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE = (
     "soft_prompt.safetensors", "config.json", "train_log.jsonl", "checkpoint.pt")
+SWARM_STEP_TRIES = 3  # a training step's tries through the swarm (retry_swarm_step)
 
 
 @dataclass
@@ -264,6 +265,7 @@ class _Training:
 
         self.config, self.folder, self.meta, self.name = config, folder, meta, meta["name"]
         self.pad_id = backend.tokenizer.eos_token_id
+        self.through_swarm = backend.remote
         if checkpoint is None:
             torch.manual_seed(config.seed)
             prompt = init_soft_prompt(backend.tokenizer, backend.model.get_input_embeddings(), config.tuning_mode,
@@ -296,9 +298,15 @@ class _Training:
         """One optimizer step on a batch of encoded examples, logged; returns its loss."""
         t0 = time.perf_counter()
         ids, mask = make_batch(batch, self.pad_id)
-        loss = solution_loss(self.tunable.logits(ids), ids, mask)
-        self.optimizer.zero_grad()
-        loss.backward()
+
+        def forward_backward():
+            self.optimizer.zero_grad()
+            loss = solution_loss(self.tunable.logits(ids), ids, mask)
+            loss.backward()
+            return loss
+
+        loss = (retry_swarm_step(forward_backward, self.step + 1) if self.through_swarm
+                else forward_backward())
         grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in self.tunable.params))
         self.optimizer.step()
         self.step += 1
@@ -325,6 +333,26 @@ class _Training:
         self.checkpoint()
         self.log.close()
         write_json(self.folder / CONFIG_FILE, {**self.info, "best": self.best})
+
+
+def retry_swarm_step(forward_backward, step: int, tries: int = SWARM_STEP_TRIES):
+    """A step's forward and backward through the swarm, tried again from the start when the swarm fails it.
+    Why: Petals retries a failed request, but not every failure is one: once in the study model's first 40
+    deep_ptune steps the backward returned the prompt gradients of one 12-block span of two (a RuntimeError
+    from autograd), and that step went through when run again. A try starts from the same prompt (the optimizer has not stepped), so
+    the step is the one an unfailing swarm gives; when every try fails, one line says so, and the steps done
+    are kept (the caller's checkpoint) for a rerun to resume."""
+    from .backends import BackendError
+
+    for attempt in range(1, tries + 1):
+        try:
+            return forward_backward()
+        except Exception as e:
+            detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+            if attempt == tries:
+                raise BackendError(f"training step {step}: the swarm failed it {tries} times ({detail}); the "
+                                   f"steps before it are saved, rerun the same command to resume") from e
+            print(f"training step {step}: the swarm failed it ({detail}); trying it again", file=sys.stderr)
 
 
 def _write_checkpoint(folder: Path, meta: dict, step: int, prompt: SoftPrompt, optimizer, best: dict) -> None:

@@ -49,6 +49,32 @@ def test_batches_are_seeded_and_an_epoch_covers_every_example_once():
     assert batch_order(10, 2, 7, seed=3) == batch_order(10, 2, 7, seed=3) != batch_order(10, 2, 7, seed=4)
 
 
+def test_a_step_the_swarm_fails_is_tried_again_and_a_step_it_keeps_failing_is_one_line(capsys):
+    from gsmswarm.backends import BackendError
+    from gsmswarm.tuning import retry_swarm_step
+
+    calls = []
+
+    def flaky():  # the failure we saw: autograd refusing the prompt gradients of one span of two
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Function _RemoteSequentialAutogradFunctionBackward returned an invalid gradient")
+        return 0.5
+
+    assert retry_swarm_step(flaky, step=40) == 0.5 and len(calls) == 2
+    assert "training step 40: the swarm failed it (RuntimeError: Function" in capsys.readouterr().err
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no route\nsecond line")
+
+    calls.clear()
+    with pytest.raises(BackendError, match=r"^training step 7: the swarm failed it 3 times \(RuntimeError: no route\); "
+                                           r"the steps before it are saved, rerun the same command to resume$"):
+        retry_swarm_step(broken, step=7, tries=3)
+    assert len(calls) == 3
+
+
 def test_rag_context_defaults_and_folder_name():
     from gsmswarm.tuning import folder_name
 

@@ -47,6 +47,7 @@ class Backend:
     name = ""
     tokenizer = None
     model = None
+    remote = False  # its computation runs elsewhere and can fail for reasons outside this process (a swarm)
 
     def submit(self, key: Hashable, prompt: str, gen: GenerationConfig, seed: int = 0) -> None:
         """Queue `gen.n` completions of `prompt`; `seed` (with `gen.seed`) fixes a sampled request's draws."""

@@ -29,6 +29,7 @@ class _StopOnStrings:
 
 class PetalsBackend(ThreadedBackend):
     name = "petals"
+    remote = True
 
     def __init__(self, model_path: str, model, tokenizer, dht, workers: int = 1):
         super().__init__(workers)
