@@ -339,9 +339,9 @@ def retry_swarm_step(forward_backward, step: int, tries: int = SWARM_STEP_TRIES)
     """A step's forward and backward through the swarm, tried again from the start when the swarm fails it.
     Why: Petals retries a failed request, but not every failure is one: once in the study model's first 40
     deep_ptune steps the backward returned the prompt gradients of one 12-block span of two (a RuntimeError
-    from autograd), and that step went through when run again. A try starts from the same prompt (the optimizer has not stepped), so
-    the step is the one an unfailing swarm gives; when every try fails, one line says so, and the steps done
-    are kept (the caller's checkpoint) for a rerun to resume."""
+    from autograd), and that step went through when run again. A try starts from the same prompt (the optimizer
+    has not stepped), so the step is the one an unfailing swarm gives; when every try fails, one line says so,
+    and the steps done are kept (the caller's checkpoint) for a rerun to resume."""
     from .backends import BackendError
 
     for attempt in range(1, tries + 1):
