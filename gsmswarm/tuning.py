@@ -348,7 +348,8 @@ def retry_swarm_step(forward_backward, step: int, tries: int = SWARM_STEP_TRIES)
         try:
             return forward_backward()
         except Exception as e:
-            detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+            text = str(e).strip()
+            detail = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
             if attempt == tries:
                 raise BackendError(f"training step {step}: the swarm failed it {tries} times ({detail}); the "
                                    f"steps before it are saved, rerun the same command to resume") from e
