@@ -15,6 +15,17 @@ class UserError(Exception):
     """Bad input from the user (flag, file, swarm address): the CLI prints it as one line, no traceback."""
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as "Type: first line of its message", cut at `limit` characters: how every one-line error
+    names its cause. A library's message can run to a server's whole traceback, or be empty (then the type
+    alone, never an IndexError of our own)."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    first = lines[0][:limit] + ("..." if len(lines[0]) > limit else "")
+    return f"{type(e).__name__}: {first}"
+
+
 def _help(text: str, aliases=(), **kw):
     return field(metadata={"help": text, "aliases": aliases}, **kw)
 

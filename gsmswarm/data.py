@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .answers import CALC_RE, gold_answer
-from .config import CACHE_DIR, REPO_DIR, UserError
+from .config import CACHE_DIR, REPO_DIR, UserError, one_line
 
 DATA_DIR = REPO_DIR / "grade_school_math" / "data"
 HUB_DATASET = ("openai/gsm8k", "main")  # the hub's GSM8K; its other config, "socratic", has other solutions
@@ -90,8 +90,7 @@ def gsm8k_dataset(name: str):
     try:
         return datasets.load_dataset(path, config, split=name, cache_dir=str(DATASETS_CACHE))
     except Exception as e:  # the hub unreachable, offline mode, a folder of something else: all one line
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"--data {_source}: cannot load {path} ({config}) split {name}: {reason} (the hub needs "
+        raise UserError(f"--data {_source}: cannot load {path} ({config}) split {name}: {one_line(e)} (the hub needs "
                         f"a network with HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0, or an earlier download)") from None
     finally:
         datasets.config.HF_DATASETS_OFFLINE = offline

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .config import CACHE_DIR, UserError
+from .config import CACHE_DIR, UserError, one_line
 from .convert import sha256_file
 from .data import DATA_DIR, Problem, load_split
 
@@ -145,8 +145,8 @@ def open_index(embedder_name: str = "all-minilm-l6-v2", store_dir: Optional[Path
     except UserError:
         raise
     except Exception as e:  # chromadb raises many kinds for a damaged store
-        raise UserError(f"{store_dir}: cannot open the Chroma index ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); pass --rebuild-index to rebuild it") from None
+        raise UserError(f"{store_dir}: cannot open the Chroma index ({one_line(e)}); "
+                        "pass --rebuild-index to rebuild it") from None
 
     # Build (or rebuild after a change): the marker is written last, so an interrupted build is redone.
     marker.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .config import TuningConfig, UserError, as_dict
+from .config import TuningConfig, UserError, as_dict, one_line
 from .data import Problem, dev_indices, load_split
 from .prompts import check_slots, load_prompt, prompt_hash, render
 
@@ -348,8 +348,7 @@ def retry_swarm_step(forward_backward, step: int, tries: int = SWARM_STEP_TRIES)
         try:
             return forward_backward()
         except Exception as e:
-            text = str(e).strip()
-            detail = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+            detail = one_line(e)
             if attempt == tries:
                 raise BackendError(f"training step {step}: the swarm failed it {tries} times ({detail}); the "
                                    f"steps before it are saved, rerun the same command to resume") from e

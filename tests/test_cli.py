@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gsmswarm.config import GenerationConfig, as_dict
+from gsmswarm.config import GenerationConfig, as_dict, one_line
 from gsmswarm.metrics import majority_vote
 from gsmswarm.prompts import load_prompt, prompt_hash
 from gsmswarm.results import read_records
@@ -138,6 +138,16 @@ def one_line_error(result, *needles):
 ])
 def test_bad_input_gives_one_line(args, needles):
     one_line_error(cli(*args, timeout=60), *needles)
+
+
+@pytest.mark.parametrize("error, line", [
+    (RuntimeError("boom\nTraceback (most recent call last):\n  ..."), "RuntimeError: boom"),
+    (TimeoutError(), "TimeoutError"),  # no message: the type alone, not an IndexError of ours
+    (OSError("  \n"), "OSError"),
+    (ValueError("x" * 300), "ValueError: " + "x" * 200 + "..."),
+])
+def test_an_error_is_named_by_its_type_and_first_line(error, line):
+    assert one_line(error) == line
 
 
 def _existing_record(path, **overrides):

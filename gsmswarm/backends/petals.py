@@ -7,7 +7,7 @@ one prompt need none).
 import logging
 from typing import List, Optional, Sequence
 
-from ..config import GenerationConfig, UserError
+from ..config import GenerationConfig, UserError, one_line
 from . import BackendError, ThreadedBackend
 
 # The Petals client's defaults retry a failed step forever (max_retries=None) and wait 180 s per request;
@@ -89,9 +89,7 @@ class PetalsBackend(ThreadedBackend):
                     do_sample=sampling, pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
                     stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]))
         except Exception as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise BackendError(f"the swarm failed after {PETALS_CLIENT['max_retries']} tries: "
-                               f"{type(e).__name__} {detail}".rstrip()) from e
+            raise BackendError(f"the swarm failed after {PETALS_CLIENT['max_retries']} tries: {one_line(e)}") from e
         return [row[ids.shape[1]:].tolist() for row in out]
 
     def close(self) -> None:
@@ -120,7 +118,7 @@ class OneLineRetries(logging.Filter):
         first = text.splitlines()[0] if text else ""
         cut = first[:200] + ("..." if len(first) > 200 or "\n" in text else "")
         if record.exc_info and record.exc_info[1] is not None and not first:
-            cut = f"{type(record.exc_info[1]).__name__}: {str(record.exc_info[1]).splitlines()[0][:200]}"
+            cut = one_line(record.exc_info[1])
         record.msg, record.args, record.exc_info, record.exc_text = cut, None, None, None
         return True
 
@@ -171,7 +169,7 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
         except TimeoutError:  # the DHT process did not come up: one more try with a fresh one
             model = load()
     except P2PDaemonError as e:
-        raise UserError(f"cannot reach the swarm at {' '.join(initial_peers)}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot reach the swarm at {' '.join(initial_peers)}: {one_line(e)}") from None
     finally:
         sequence_manager.DHT = original
     dht = next(m for m in model.modules() if isinstance(m, RemoteSequential)).sequence_manager.dht
