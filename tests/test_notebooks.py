@@ -52,5 +52,5 @@ def test_papermill_parameters_take_effect(swarm, tmp_path):
         cwd=str(NOTEBOOKS[0].parent), progress_bar=False, parameters=dict(MODEL="smollm2-135m"))
     text = _outputs(nb)
     assert "rag__local__smollm2-135m__rag_cot@k8-nearest_last" in text
-    assert "against cot__petals__smollm2-135m__cot_8shot" in text  # that model's own baseline
+    assert "against cot__local__smollm2-135m__cot_8shot" in text  # that model's own baseline (the one with most problems)
     assert "qwen2.5-coder" not in text
