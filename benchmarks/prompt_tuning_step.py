@@ -62,7 +62,7 @@ def main() -> None:
             n_tokens.append(ids.numel())
             for name in ("local", "swarm"):
                 t0 = time.perf_counter()
-                loss = solution_loss(tunables[name].logits(ids), ids, mask)
+                loss = solution_loss(tunables[name], ids, mask)
                 optimizers[name].zero_grad()
                 loss.backward()
                 optimizers[name].step()

@@ -183,6 +183,9 @@ class TuningConfig(BackendConfig):
                                   "rag_cot with --context rag)", default=None)
     steps: int = _help("optimizer steps", default=120)
     batch_size: int = _help("problems per step", default=4)
+    micro_batch_size: Optional[int] = _help("problems per forward and backward pass; their losses add up to the "
+                                            "step's, so only peak memory changes (default: the whole batch; 1 "
+                                            "with --context rag)", default=None)
     lr: float = _help("AdamW learning rate", default=1e-2)
     max_length: Optional[int] = _help("longest training sequence in tokens, longer solutions are cut (default: 320; "
                                       "1800 with --context rag)", default=None)
@@ -205,10 +208,13 @@ class TuningConfig(BackendConfig):
             object.__setattr__(self, "prompt", "rag_cot" if rag else "qa_zeroshot")
         if self.max_length is None:
             object.__setattr__(self, "max_length", 1800 if rag else 320)
+        if self.micro_batch_size is None:
+            object.__setattr__(self, "micro_batch_size", 1 if rag else self.batch_size)
         if self.tuning_mode == "deep_ptune" and self.backend == "local":
             raise UserError("--tuning-mode deep_ptune trains through Petals only (--backend petals); "
                             "PEFT's local prompt tuning is the ptune kind")
-        for flag in ("num_virtual_tokens", "steps", "batch_size", "max_length", "eval_every", "dev_limit", "rag_k"):
+        for flag in ("num_virtual_tokens", "steps", "batch_size", "micro_batch_size", "max_length", "eval_every",
+                     "dev_limit", "rag_k"):
             if getattr(self, flag) < 1:
                 raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(self, flag)}")
         if self.lr <= 0:

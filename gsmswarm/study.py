@@ -33,8 +33,10 @@ ARMS = {  # in the order `study` runs them: the claims' arms first
     "zeroshot": Arm("zero-shot", {"prompt": "qa_zeroshot"}),  # PT's frame without the soft prompt
     "pal": Arm("PAL", {"method": "pal"}),
     "calculator": Arm("calculator CoT", {"method": "calculator"}),
-    "ragptune_rag": Arm("PT(RAG-trained) + RAG", {"method": "rag", "soft_prompt": SOFT_PROMPT.format(
-        mode="ptune", model="{model}") + "__rag8"}),  # train-prompt --context rag: trained behind retrieved exemplars
+    # train-prompt --context rag --backend local: behind retrieved exemplars, with PEFT (4 x ~1,500 tokens a step
+    # ran past the loopback swarm's request timeout; the two backends give the same losses step by step)
+    "ragptune_rag": Arm("PT(RAG-trained) + RAG", {"method": "rag",
+                                                  "soft_prompt": "prompt_tuning/ptune__local__{model}__v16__s0__rag8"}),
     "deep_ptune": Arm("deep PT", {"prompt": "qa_zeroshot",
                                   "soft_prompt": SOFT_PROMPT.format(mode="deep_ptune", model="{model}")}),
     "sc_t0.7": Arm("SC k=8 T=0.7", {"method": "self_consistency", "n": 8, "temperature": 0.7}),

@@ -7,11 +7,15 @@ start from the same function). Locally, PEFT's prompt tuning is the reference fo
 
 The loss is next-token cross-entropy on the worked solution only (never on the question), averaged over
 solution tokens. A batch is right-padded: in a causal model padding after a sequence cannot change its
-outputs, which is what the Petals client's all-ones attention mask needs.
+outputs, which is what the Petals client's all-ones attention mask needs. The LM head runs only at solution
+positions, and a batch may pass in micro-batches (`--micro-batch-size`) whose losses sum to the step's: behind
+~1,300 tokens of retrieved exemplars the full-vocabulary logits and attention maps of a whole batch would not
+fit in memory, and neither changes the step.
 
 A run folder `prompt_tuning/<name>/` holds `soft_prompt.safetensors` (the prompt with the best dev loss;
 backend-neutral tensors, loaded into either backend by `load_soft_prompt`), `config.json` (what made it),
-`train_log.jsonl` (one line per step, plus dev evaluations) and `checkpoint.pt` (last state, for resuming).
+`train_log.jsonl` (one line per step, plus dev evaluations), `checkpoint.pt` (last state, for resuming) and,
+with `--context rag`, `rag_context.json` (the exemplars each training and dev problem was shown).
 """
 import json
 import math
@@ -26,8 +30,8 @@ from .config import TuningConfig, UserError, as_dict, one_line
 from .data import Problem, dev_indices, load_split
 from .prompts import check_slots, load_prompt, prompt_hash, render
 
-SOFT_PROMPT_FILE, CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE = (
-    "soft_prompt.safetensors", "config.json", "train_log.jsonl", "checkpoint.pt")
+SOFT_PROMPT_FILE, CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, CONTEXT_FILE = (
+    "soft_prompt.safetensors", "config.json", "train_log.jsonl", "checkpoint.pt", "rag_context.json")
 SWARM_STEP_TRIES = 3  # a training step's tries through the swarm (retry_swarm_step)
 
 
@@ -133,25 +137,28 @@ def make_batch(examples: List[Tuple[List[int], int]], pad_id: int):
     return ids, mask
 
 
-def solution_loss(logits, ids, mask):
-    """Mean cross-entropy of each solution token given everything before it: logits at t predict ids at t+1."""
+def solution_loss(tunable, ids, mask, reduction: str = "mean"):
+    """Cross-entropy of each solution token given everything before it (position t predicts token t+1), the
+    mean or the sum over solution tokens. The LM head sees only the positions that predict one."""
     import torch.nn.functional as F
 
-    targets = ids[:, 1:][mask[:, 1:]]
-    return F.cross_entropy(logits[:, :-1][mask[:, 1:]].float(), targets)
+    hidden = tunable.hidden(ids)[:, :-1][mask[:, 1:]]
+    return F.cross_entropy(tunable.lm_head(hidden[None])[0].float(), ids[:, 1:][mask[:, 1:]], reduction=reduction)
 
 
 class Tunable:
-    """A backend's model with a trainable soft prompt: `logits(ids)` over the real tokens, `params`, `export()`.
+    """A backend's model with a trainable soft prompt: `hidden(ids)`, `lm_head`, `params`, `export()`.
 
     The backend attaches the prompt (`backend.trainable`: Petals' PTuneMixin embeddings through the swarm, PEFT
     locally) and returns its parameters in Petals' layout (prompts [N, hidden], then for deep_ptune the
-    intermediate prompts [N, layers * hidden]) with a function from ids to the logits of the real tokens."""
+    intermediate prompts [N, layers * hidden]) with a function from ids to the final hidden states of the real
+    tokens; the client's LM head turns those into logits."""
 
     def __init__(self, backend, prompt: SoftPrompt):
         self.mode, self.length = prompt.mode, prompt.length
         self.num_layers = backend.model.config.num_hidden_layers
-        self.params, self.logits = backend.trainable(prompt)
+        self.params, self.hidden = backend.trainable(prompt)
+        self.lm_head = backend.model.get_output_embeddings()
 
     def export(self, name: str = "") -> SoftPrompt:
         prompts = self.params[0].detach().clone()
@@ -167,15 +174,31 @@ def training_problems() -> List[Problem]:
     return [p for p in load_split("train") if p.idx not in dev]
 
 
-def rag_context(problems: List[Problem], k: int, index=None) -> dict:
+def rag_context(problems: List[Problem], k: int, index=None, cache: Optional[Path] = None) -> dict:
     """Per training or dev problem (by idx), the exemplars `--method rag` would show it: its k nearest
-    training problems, never itself, the nearest last (`index`: the embedded embedder's, by default)."""
+    training problems, never itself, the nearest last (`index`: the embedded embedder's, by default).
+    `cache` (the run folder's rag_context.json) keeps the retrieved train idx, nearest first: a resume reads
+    them rather than querying the index once per problem (7,505 queries, ~8 min), and they record what the
+    training saw."""
+    from tqdm import tqdm
+
     from .methods.rag import exemplar
+    from .results import write_json
     from .retrieval import open_index
 
-    index = index or open_index("all-minilm-l6-v2")
-    return {p.idx: "".join(exemplar(n.problem) for n in index.query(p.question, k, exclude_idx=p.idx)[::-1])
-            for p in problems}
+    if cache is not None and cache.exists():
+        try:
+            nearest = {int(idx): ids for idx, ids in json.loads(cache.read_text()).items()}
+        except ValueError as e:
+            raise UserError(f"{cache}: unreadable ({one_line(e)}); delete it to retrieve the exemplars again") from None
+    else:
+        index = index or open_index("all-minilm-l6-v2")
+        nearest = {p.idx: [n.idx for n in index.query(p.question, k, exclude_idx=p.idx)]
+                   for p in tqdm(problems, desc="retrieving exemplars", unit="problem", dynamic_ncols=True)}
+        if cache is not None:
+            write_json(cache, nearest)
+    train = {p.idx: p for p in load_split("train")}
+    return {idx: "".join(exemplar(train[i]) for i in reversed(ids)) for idx, ids in nearest.items()}
 
 
 def folder_name(config: TuningConfig) -> str:
@@ -205,9 +228,8 @@ def dev_loss(tunable: Tunable, examples, pad_id: int, batch_size: int) -> float:
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             ids, mask = make_batch(examples[i:i + batch_size], pad_id)
-            n = int(mask[:, 1:].sum())
-            total += solution_loss(tunable.logits(ids), ids, mask).item() * n
-            count += n
+            total += solution_loss(tunable, ids, mask, reduction="sum").item()
+            count += int(mask[:, 1:].sum())
     return total / count
 
 
@@ -231,7 +253,8 @@ def train(config: TuningConfig) -> Path:
 
     train_problems = training_problems()
     dev_problems = load_split("dev", config.dev_limit)
-    context = rag_context(train_problems + dev_problems, config.rag_k) if config.context == "rag" else {}
+    context = (rag_context(train_problems + dev_problems, config.rag_k, cache=folder / CONTEXT_FILE)
+               if config.context == "rag" else {})
     with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
                       CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype) as backend:
         encode = lambda p: encode_example(p, template, backend.tokenizer, config.max_length,  # noqa: E731
@@ -265,6 +288,7 @@ class _Training:
 
         self.config, self.folder, self.meta, self.name = config, folder, meta, meta["name"]
         self.pad_id = backend.tokenizer.eos_token_id
+        self.micro_batch_size = config.micro_batch_size
         self.through_swarm = backend.remote
         if checkpoint is None:
             torch.manual_seed(config.seed)
@@ -297,12 +321,17 @@ class _Training:
     def train_step(self, batch) -> float:
         """One optimizer step on a batch of encoded examples, logged; returns its loss."""
         t0 = time.perf_counter()
-        ids, mask = make_batch(batch, self.pad_id)
+        size = self.micro_batch_size
+        parts = [make_batch(batch[i:i + size], self.pad_id) for i in range(0, len(batch), size)]
+        n_tokens = sum(int(mask[:, 1:].sum()) for _, mask in parts)
 
-        def forward_backward():
+        def forward_backward() -> float:
             self.optimizer.zero_grad()
-            loss = solution_loss(self.tunable.logits(ids), ids, mask)
-            loss.backward()
+            loss = 0.0
+            for ids, mask in parts:  # each part's share of the step's mean, so the gradients add up to it
+                part = solution_loss(self.tunable, ids, mask, reduction="sum") / n_tokens
+                part.backward()
+                loss += part.item()
             return loss
 
         loss = (retry_swarm_step(forward_backward, self.step + 1) if self.through_swarm
@@ -310,13 +339,13 @@ class _Training:
         grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in self.tunable.params))
         self.optimizer.step()
         self.step += 1
-        self.log.write({"step": self.step, "loss": round(loss.item(), 5), "grad_norm": round(grad_norm, 5),
-                        "tokens": int(mask[:, 1:].sum()), "seconds": round(time.perf_counter() - t0, 3)})
-        return loss.item()
+        self.log.write({"step": self.step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 5),
+                        "tokens": n_tokens, "seconds": round(time.perf_counter() - t0, 3)})
+        return loss
 
     def evaluate(self, dev_examples) -> None:
         """Dev loss now; the prompt is saved when it is the best so far (early stopping), then a checkpoint."""
-        loss = round(dev_loss(self.tunable, dev_examples, self.pad_id, self.config.batch_size), 5)
+        loss = round(dev_loss(self.tunable, dev_examples, self.pad_id, self.micro_batch_size), 5)
         self.log.write({"step": self.step, "dev_loss": loss})
         if loss < self.best["dev_loss"]:
             self.best = {"step": self.step, "dev_loss": loss}
@@ -377,7 +406,8 @@ def _read_checkpoint(folder: Path, meta: dict) -> Optional[dict]:
         checkpoint = torch.load(path, weights_only=False)
     except Exception as e:  # torch raises many kinds for a damaged file
         raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to start over") from None
-    free = ("steps", "eval_every", "initial_peers", "dht_prefix", "num_servers")  # may change between sessions
+    free = ("steps", "eval_every", "initial_peers", "dht_prefix", "num_servers",  # may change between sessions
+            "micro_batch_size")
     changed = {k for k in meta if k not in free and checkpoint["meta"].get(k) != meta[k]}
     if changed:
         raise UserError(f"{folder} was trained with other settings ({', '.join(sorted(changed))}); "

@@ -1,6 +1,7 @@
 """Soft prompts: the loss, batches and files on literal examples; training through a real loopback swarm;
 parity of the swarm's first step with PEFT's; the train-prompt CLI with resume; evaluation with a prompt."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -33,14 +34,30 @@ def test_batch_masks_solution_tokens_only_and_pads_on_the_right():
     assert mask.tolist() == [[False, False, True, True], [False, True, False, False]]
 
 
+class _Logits:
+    """A tunable whose hidden states are given logits and whose LM head is the identity."""
+
+    def __init__(self, logits):
+        self.hidden, self.lm_head = (lambda ids: logits), (lambda h: h)
+
+
 def test_loss_scores_each_solution_token_from_the_position_before_it():
     ids, mask = make_batch([([1, 2, 3], 2)], pad_id=0)  # one target: token 3, predicted at position 1
     logits = torch.full((1, 3, 4), -1e4)
     logits[0, 1, 3] = 0.0  # certain of the target where it must be predicted
     logits[0, 2, 0] = 0.0  # position 2 predicts past the end: must not count
-    assert solution_loss(logits, ids, mask).item() == pytest.approx(0.0)
+    assert solution_loss(_Logits(logits), ids, mask).item() == pytest.approx(0.0)
     logits[0, 1, 3], logits[0, 1, 2] = -1e4, 0.0  # certain of the wrong token
-    assert solution_loss(logits, ids, mask).item() > 100
+    assert solution_loss(_Logits(logits), ids, mask).item() > 100
+
+
+def test_the_lm_head_sees_only_positions_that_predict_a_solution_token():
+    ids, mask = make_batch([([1, 2, 3, 1], 2), ([1, 2], 1)], pad_id=0)  # targets: row 0 at 2, 3; row 1 at 1
+    seen = []
+    tunable = _Logits(torch.zeros(2, 4, 4))
+    tunable.lm_head = lambda h: seen.append(h.shape) or h
+    loss = solution_loss(tunable, ids, mask, reduction="sum")
+    assert seen == [(1, 3, 4)] and loss.item() == pytest.approx(3 * math.log(4))
 
 
 def test_batches_are_seeded_and_an_epoch_covers_every_example_once():
@@ -81,6 +98,7 @@ def test_rag_context_defaults_and_folder_name():
     plain, rag = TuningConfig(), TuningConfig(context="rag", model="qwen2.5-coder-0.5b")
     assert (plain.prompt, plain.max_length) == ("qa_zeroshot", 320)
     assert (rag.prompt, rag.max_length, rag.rag_k) == ("rag_cot", 1800, 8)
+    assert (plain.micro_batch_size, rag.micro_batch_size) == (4, 1)
     assert folder_name(plain) == "ptune__petals__smollm2-135m__v16__s0"
     assert folder_name(rag) == "ptune__petals__qwen2.5-coder-0.5b__v16__s0__rag8"
 
@@ -151,7 +169,7 @@ def test_swarm_training_changes_only_the_prompt(fresh_petals, mode):
     optimizer = torch.optim.AdamW(tunable.params, lr=0.01)
     losses = []
     for _ in range(3):
-        loss = solution_loss(tunable.logits(ids), ids, mask)
+        loss = solution_loss(tunable, ids, mask)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -177,12 +195,45 @@ def test_first_step_through_swarm_equals_local_peft(fresh_petals, local_backend)
     local = load_backend("local", local_backend.model_name)  # PEFT wraps the model: not the shared one
     for backend in (fresh_petals, local):
         tunable = Tunable(backend, prompt)
-        loss = solution_loss(tunable.logits(ids), ids, mask)
+        loss = solution_loss(tunable, ids, mask)
         loss.backward()
         results.append((loss.item(), tunable.params[0].grad.clone()))
     (swarm_loss, swarm_grad), (peft_loss, peft_grad) = results
     assert swarm_loss == pytest.approx(peft_loss, abs=1e-5)
     assert (swarm_grad - peft_grad).norm() <= 1e-5 * peft_grad.norm()
+
+
+def test_local_training_logits_are_the_models_own_with_the_prompt_in_front(model_path):
+    from gsmswarm.backends import load_backend
+
+    backend = load_backend("local", model_path)
+    prompt = _init(backend, "ptune")
+    tunable = Tunable(backend, prompt)
+    ids, _ = _tiny_batch(backend.tokenizer)
+    embeds = backend.model.get_input_embeddings()(ids)
+    with torch.no_grad():
+        whole = backend.model(inputs_embeds=torch.cat([prompt.prompts.expand(len(ids), -1, -1), embeds], 1)).logits
+        assert torch.allclose(tunable.lm_head(tunable.hidden(ids)), whole[:, prompt.length:], atol=1e-4)
+
+
+def test_micro_batches_give_the_steps_loss_and_gradient(model_path, tmp_path):
+    """Rows of different lengths, one pass or one per row: the same step (only the padding differs)."""
+    from gsmswarm.backends import load_backend
+    from gsmswarm.tuning import _Training
+
+    template, steps = load_prompt("qa_zeroshot"), []
+    for micro in (2, 1):
+        backend = load_backend("local", model_path)
+        config = TuningConfig(backend="local", batch_size=2, micro_batch_size=micro, num_virtual_tokens=4)
+        (tmp_path / str(micro)).mkdir()
+        run = _Training(config, backend, tmp_path / str(micro), {"name": "run"}, None)
+        batch = [encode_example(p, template, backend.tokenizer, 320) for p in load_split("train", 2)]
+        assert len(batch[0][0]) != len(batch[1][0])
+        steps.append((run.train_step(batch), run.tunable.params[0].grad.clone()))
+        run.log.close()
+    (whole_loss, whole_grad), (micro_loss, micro_grad) = steps
+    assert micro_loss == pytest.approx(whole_loss, abs=1e-5)
+    assert (micro_grad - whole_grad).norm() <= 1e-4 * whole_grad.norm()
 
 
 @pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])

@@ -5,7 +5,7 @@ flight: `submit(key, prompt, gen)` queues a request for `gen.n` completions, `st
 returns the requests that finished, `wants_more()` says whether another request would be decoded right now.
 `generate(prompt, gen)` is the one-call convenience built on them (notebooks, parity checks, tests).
 A backend also has a `tokenizer`, a `model` (the client-side Hugging Face model), `close`, and owns how a soft
-prompt is attached: `set_soft_prompt(prompt)` for generation, `trainable(prompt) -> (params, logits_fn)` for
+prompt is attached: `set_soft_prompt(prompt)` for generation, `trainable(prompt) -> (params, hidden_fn)` for
 training (`gsmswarm.tuning` never asks which backend it has).
 
     local     transformers' weights on this machine, continuous batching over a slot cache (`local.py`)

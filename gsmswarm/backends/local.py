@@ -77,7 +77,8 @@ class LocalBackend(Backend):
 
     def trainable(self, prompt):
         """PEFT's prompt tuning (the `ptune` kind) on this model, initialised with `prompt`: the reference the
-        swarm's training is checked against. Logits come without the prompt positions."""
+        swarm's training is checked against. Hidden states come without the prompt positions; the prompt goes in
+        front of the embeddings as PEFT's own forward puts it, without that forward's full-vocabulary logits."""
         import torch
         from peft import PromptTuningConfig, TaskType, get_peft_model
 
@@ -91,8 +92,13 @@ class LocalBackend(Backend):
         with torch.no_grad():
             embedding.weight.copy_(prompt.prompts)
         embedding.weight.requires_grad_(True)
-        return [embedding.weight], lambda ids: peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[
-            :, prompt.length:]
+
+        def hidden(ids):
+            embeds = self.model.get_input_embeddings()(ids)
+            embeds = torch.cat([peft_model.get_prompt(len(ids)).to(embeds.dtype), embeds], dim=1)
+            return self.model.get_decoder()(inputs_embeds=embeds).last_hidden_state[:, prompt.length:]
+
+        return [embedding.weight], hidden
 
     def submit(self, key, prompt, gen, seed=0):
         import torch

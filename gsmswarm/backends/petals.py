@@ -61,7 +61,7 @@ class PetalsBackend(ThreadedBackend):
 
     def trainable(self, prompt):
         """The client's prompt embeddings as the trainable parameters; the servers' blocks stay frozen and
-        send gradients back. Logits come without the prompt positions (the client strips them)."""
+        send gradients back. Hidden states come without the prompt positions (the client strips them)."""
         self.set_soft_prompt(prompt)
         self.model.requires_grad_(False)
         t = self.model.transformer
@@ -70,7 +70,7 @@ class PetalsBackend(ThreadedBackend):
             params.append(t.intermediate_prompt_embeddings.weight)
         for p in params:
             p.requires_grad_(True)
-        return params, lambda ids: self.model(ids).logits
+        return params, lambda ids: t(ids).last_hidden_state
 
     def _generate(self, prompt: str, gen: GenerationConfig, seed: int) -> List[List[int]]:
         import torch
