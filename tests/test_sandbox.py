@@ -90,7 +90,7 @@ HOSTILE = {  # name: (program, verdict through the full stack, verdict with the 
                                 "refused", "error"),
     "infinite loop": ("def solution():\n    while True:\n        pass", "timeout", "timeout"),
     "memory bomb": ("def solution():\n    x = [0] * 10 ** 10\n    return 1", "memory", "memory"),
-    "growing memory": ("def solution():\n    x = []\n    while True:\n        x.append('y' * 10 ** 6)", "memory",
+    "growing memory": ("def solution():\n    x = []\n    while True:\n        x.append('y' * 10 ** 7)", "memory",
                        "memory"),
     "huge integer power": ("def solution():\n    return 10 ** 10 ** 9", "timeout", "timeout"),
     "huge integer to text": ("def solution():\n    return int('9' * 5000)", "error", "error"),
