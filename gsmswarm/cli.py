@@ -134,7 +134,7 @@ def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
     been trained yet, saying how to train it."""
     from .report import format_table
     from .results import run_name
-    from .study import ARMS, arm_config
+    from .study import ARMS, arm_config, train_command
 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -145,7 +145,8 @@ def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
             print(f"{arm:12} {ARMS[arm].label:22} {config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
             continue
         if config.soft_prompt and not Path(config.soft_prompt).is_dir():
-            print(f"[{arm}] skipped: no soft prompt {config.soft_prompt} yet (bash prompt_tuning/train.sh)")
+            print(f"[{arm}] skipped: no soft prompt {config.soft_prompt} yet; train it with "
+                  f"{train_command(arm, common.get('model', config.model))}")
             continue
         from .engine import run
 

@@ -11,38 +11,37 @@ A claim is *confirmed* when its arm is significantly better than every arm it is
 when it is significantly worse than any of them, and *undecided* otherwise.
 """
 import dataclasses
-from typing import Dict, List, NamedTuple, Tuple
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .config import GenerationConfig, RunConfig
+from .config import GenerationConfig, RunConfig, TuningConfig
 from .metrics import holm, identical_completions, paired
 
 ALPHA = 0.05
-SOFT_PROMPT = "prompt_tuning/{mode}__petals__{model}__v16__s0"  # trained through the swarm, 120 steps
 
 
 class Arm(NamedTuple):
     label: str  # its name in tables and figures
-    fields: dict  # RunConfig / GenerationConfig fields that differ from the defaults; "{model}" is filled in
+    fields: dict  # RunConfig / GenerationConfig fields that differ from the defaults
+    train: Optional[dict] = None  # the train-prompt settings that make its soft prompt (TuningConfig fields)
 
 
 ARMS = {  # in the order `study` runs them: the claims' arms first
     "cot": Arm("CoT 8-shot", {"method": "cot"}),
-    "ptune": Arm("PT", {"prompt": "qa_zeroshot", "soft_prompt": SOFT_PROMPT.format(mode="ptune", model="{model}")}),
+    "ptune": Arm("PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"}),  # trained through the swarm, 120 steps
     "rag": Arm("RAG k=8", {"method": "rag"}),
-    "ptune_rag": Arm("PT + RAG", {"method": "rag", "soft_prompt": SOFT_PROMPT.format(mode="ptune", model="{model}")}),
+    "ptune_rag": Arm("PT + RAG", {"method": "rag"}, {"backend": "petals"}),
     "zeroshot": Arm("zero-shot", {"prompt": "qa_zeroshot"}),  # PT's frame without the soft prompt
     "pal": Arm("PAL", {"method": "pal"}),
     "calculator": Arm("calculator CoT", {"method": "calculator"}),
-    # train-prompt --context rag --backend local: behind retrieved exemplars, with PEFT (4 x ~1,500 tokens a step
-    # ran past the loopback swarm's request timeout; the two backends give the same losses step by step)
-    "ragptune_rag": Arm("PT(RAG-trained) + RAG", {"method": "rag",
-                                                  "soft_prompt": "prompt_tuning/ptune__local__{model}__v16__s0__rag8"}),
-    "deep_ptune": Arm("deep PT", {"prompt": "qa_zeroshot",
-                                  "soft_prompt": SOFT_PROMPT.format(mode="deep_ptune", model="{model}")}),
+    # trained behind retrieved exemplars with PEFT: 4 x ~1,500 tokens a step ran past the loopback swarm's
+    # request timeout, and the two backends give the same losses step by step
+    "ragptune_rag": Arm("PT(RAG-trained) + RAG", {"method": "rag"}, {"backend": "local", "context": "rag"}),
+    "deep_ptune": Arm("deep PT", {"prompt": "qa_zeroshot"}, {"backend": "petals", "tuning_mode": "deep_ptune"}),
     "sc_t0.7": Arm("SC k=8 T=0.7", {"method": "self_consistency", "n": 8, "temperature": 0.7}),
     "sc_t0.3": Arm("SC k=8 T=0.3", {"method": "self_consistency", "n": 8, "temperature": 0.3}),
 }
-ARM_FIELDS = sorted({k for arm in ARMS.values() for k in arm.fields})  # what `study` refuses as a common flag
+ARM_FIELDS = sorted({k for arm in ARMS.values() for k in arm.fields} | {"soft_prompt"})  # not a common flag
 
 
 class Claim(NamedTuple):
@@ -63,15 +62,29 @@ CLAIMS = (
 def arm_config(arm: str, **common) -> Tuple[RunConfig, GenerationConfig]:
     """The configs of one arm: `common` (model, backend, limit, device, ...) plus the arm's own fields. The
     local backend unless `common` says otherwise: it is the engine the long runs use."""
-    from .results import model_short
+    from .tuning import folder_name
 
     common = {"backend": "local", **common}
-    fields = {k: v.format(model=model_short(common.get("model", RunConfig.model))) if isinstance(v, str) else v
-              for k, v in ARMS[arm].fields.items()}
+    fields = dict(ARMS[arm].fields)
+    training = arm_training(arm, common.get("model", RunConfig.model))
+    if training is not None:
+        fields["soft_prompt"] = str(Path(training.output_dir) / folder_name(training))
     merged = {**common, **fields}
     run_keys = {f.name for f in dataclasses.fields(RunConfig)}
     return (RunConfig(**{k: v for k, v in merged.items() if k in run_keys}),
             GenerationConfig(**{k: v for k, v in merged.items() if k not in run_keys}))
+
+
+def arm_training(arm: str, model: str) -> Optional[TuningConfig]:
+    """The train-prompt settings that make an arm's soft prompt (None for an arm without one)."""
+    train = ARMS[arm].train
+    return None if train is None else TuningConfig(model=model, **train)
+
+
+def train_command(arm: str, model: str) -> str:
+    """The command line that trains an arm's soft prompt (what `study` tells a user whose prompt is missing)."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"model": model, **ARMS[arm].train}.items())
+    return f"python -m gsmswarm train-prompt {flags}"
 
 
 def find_arms(summaries: List[dict], model: str, backend: str = "local") -> Dict[str, dict]:

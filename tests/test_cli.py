@@ -98,7 +98,9 @@ def test_study_runs_its_arms_and_summarize_gives_their_verdicts(tmp_path):
     study = cli("study", "cot", "ptune", "deep_ptune", "--limit", "2", "--max-new-tokens", "16",
                 "--output-dir", str(out))
     assert study.returncode == 0, study.stderr[-2000:]
-    assert "[deep_ptune] skipped: no soft prompt" in study.stdout  # not trained for this model: said, not fatal
+    assert ("[deep_ptune] skipped: no soft prompt prompt_tuning/deep_ptune__petals__smollm2-135m__v16__s0 yet; train "
+            "it with python -m gsmswarm train-prompt --model smollm2-135m --backend petals --tuning-mode deep_ptune"
+            in study.stdout)  # not trained for this model: said, not fatal
     assert sorted(p.name for p in out.glob("*/*.jsonl")) == [
         "cot__local__smollm2-135m__cot_8shot__test__n1__t0__s0.jsonl",
         "cot__local__smollm2-135m__qa_zeroshot+ptune__petals__smollm2-135m__v16__s0__test__n1__t0__s0.jsonl"]

@@ -4,8 +4,10 @@ import pytest
 
 from conftest import cli
 
+from gsmswarm.config import TuningConfig
 from gsmswarm.results import run_name
-from gsmswarm.study import ARMS, CLAIMS, arm_config, find_arms, swarm_rows, verdicts
+from gsmswarm.study import ARMS, CLAIMS, arm_config, find_arms, swarm_rows, train_command, verdicts
+from gsmswarm.tuning import folder_name
 
 N = 200
 
@@ -61,6 +63,20 @@ def test_arm_configs_fill_in_the_model_and_name_the_runs_find_arms_looks_up():
     summaries.append({"run_id": run_name(*arm_config("rag", model="qwen2.5-coder-0.5b"))})  # another model
     assert list(find_arms(summaries, "smollm2-135m")) == ["cot", "pal"]
     assert find_arms(summaries, "smollm2-135m", backend="petals") == {}
+
+
+def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
+    from gsmswarm.cli import _build, build_parser
+
+    trained = [a for a in ARMS if ARMS[a].train]
+    assert trained == ["ptune", "ptune_rag", "ragptune_rag", "deep_ptune"]
+    for arm in trained:
+        command = train_command(arm, "qwen2.5-coder-0.5b").split()
+        assert command[:4] == ["python", "-m", "gsmswarm", "train-prompt"]
+        config = _build(TuningConfig, build_parser().parse_args(command[3:]))
+        assert arm_config(arm, model="qwen2.5-coder-0.5b")[0].soft_prompt == f"prompt_tuning/{folder_name(config)}"
+    assert arm_config("ragptune_rag", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
+        "prompt_tuning/ptune__local__qwen2.5-coder-0.5b__v16__s0__rag8")
 
 
 def test_swarm_rows_count_identical_completions_on_common_problems():
