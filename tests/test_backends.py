@@ -1,6 +1,7 @@
 """The local backend's sampling and prefix reuse: same tokens as transformers where sampling is deterministic,
 every sampled token allowed by the full model (so cache copying and rows leaving the batch are right), and
-greedy tokens from a reused prefix equal to a fresh encoding."""
+greedy tokens from a reused prefix equal to a fresh encoding; the Petals client's retry settings."""
+import pytest
 import torch
 
 from gsmswarm.backends import load_backend, sample
@@ -98,3 +99,17 @@ def test_petals_retry_warnings_are_one_short_line_each(caplog):
         assert record.exc_info is None and "\n" not in caplog.text.strip()
     finally:
         log.filters[:] = [f for f in log.filters if not isinstance(f, OneLineRetries)]
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan"])
+def test_a_bad_request_timeout_is_one_line_naming_the_variable(monkeypatch, value):
+    from gsmswarm.backends.petals import _client_options
+    from gsmswarm.config import UserError
+
+    monkeypatch.setenv("GSMSWARM_REQUEST_TIMEOUT", value)
+    with pytest.raises(UserError, match=r"^\$GSMSWARM_REQUEST_TIMEOUT="):
+        _client_options()
+    monkeypatch.setenv("GSMSWARM_REQUEST_TIMEOUT", "12.5")
+    assert _client_options()["request_timeout"] == 12.5
+    monkeypatch.delenv("GSMSWARM_REQUEST_TIMEOUT")
+    assert _client_options()["request_timeout"] == 60

@@ -13,6 +13,11 @@ from gsmswarm.swarm import LoopbackSwarm
 
 from conftest import RUN
 
+# A client notices a server killed mid-step only when the reply is late (gsmswarm.backends.petals): every step
+# here (the embedded model, at most 4 rows of an 8-shot prompt) takes seconds, so 30 s instead of the default
+# 60 s halves each failover's wait and still leaves a slow CI machine room.
+FAULT_ENV = {**os.environ, "INITIAL_PEERS": "", "GSMSWARM_REQUEST_TIMEOUT": "30"}
+
 
 def _server_logs(swarm):
     for proc in swarm.procs:
@@ -62,7 +67,7 @@ def test_losing_every_holder_of_a_block_records_backend_errors_stops_and_retries
     out = tmp_path / "results"
     path = out / "cot" / f"{RUN}.jsonl"
     args = ["run", "--backend", "petals", "--limit", "6", "--max-new-tokens", "48", "--output-dir", str(out)]
-    env = {**os.environ, "INITIAL_PEERS": ""}
+    env = FAULT_ENV
     with LoopbackSwarm(model_path, tmp_path / "swarm", num_servers=2) as swarm:
         proc = subprocess.Popen(_cli(*args, "--initial-peers", *swarm.initial_peers),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -77,7 +82,7 @@ def test_losing_every_holder_of_a_block_records_backend_errors_stops_and_retries
             proc.kill()
         took = time.monotonic() - killed
         assert proc.returncode == 2, stderr[-2000:]
-        assert took < 600  # 3 problems x 4 tries, each bounded by the request and route timeouts (60 s)
+        assert took < 600  # 3 problems x 4 tries, each bounded by the request and route timeouts
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("error: problem ") and "--retry-errors" in last, stderr[-2000:]
         assert "Traceback" not in stderr
@@ -105,7 +110,7 @@ def test_losing_every_holder_of_a_block_records_backend_errors_stops_and_retries
           f"{time.monotonic() - start:.0f} s")
 
 
-def test_generation_fails_over_to_a_replica_with_the_same_tokens(model_path, local_backend, tmp_path):
+def test_generation_fails_over_to_a_replica_with_the_same_tokens(model_path, local_backend, tmp_path, monkeypatch):
     """Two servers hold every block; the one serving the session dies mid-generation. Without the failover
     fix (petals_patches) the retry on the replica fails with "Broken input cache" and the run gives up."""
     import torch
@@ -113,6 +118,7 @@ def test_generation_fails_over_to_a_replica_with_the_same_tokens(model_path, loc
 
     from gsmswarm.backends import load_backend
 
+    monkeypatch.setenv("GSMSWARM_REQUEST_TIMEOUT", FAULT_ENV["GSMSWARM_REQUEST_TIMEOUT"])
     ids = local_backend.tokenizer("Q: Tom has 3 apples and buys 4 more. How many apples does he have?\nA:",
                                   return_tensors="pt").input_ids
     greedy = dict(max_new_tokens=20, do_sample=False, pad_token_id=local_backend.tokenizer.eos_token_id)
@@ -147,7 +153,7 @@ def test_client_sigkill_and_server_death_lose_no_record(model_path, tmp_path):
     out, ref = tmp_path / "results", tmp_path / "reference"
     args = ["run", "--limit", "4", "--max-new-tokens", "48", "--batch-size", "1"]  # one problem at a time
     path = out / "cot" / f"{RUN}.jsonl"
-    env = {**os.environ, "INITIAL_PEERS": ""}
+    env = FAULT_ENV
     with LoopbackSwarm(model_path, tmp_path / "swarm", block_ranges=["0:30", "0:30"]) as swarm:
         peers = ["--initial-peers", *swarm.initial_peers]
         # Output to files, not pipes: a SIGKILLed client's orphaned DHT process would hold a pipe open.
@@ -193,7 +199,7 @@ def test_self_consistency_run_survives_the_death_of_its_serving_replica(model_pa
             proc = subprocess.Popen(
                 _cli("run", "--method", "self_consistency", "--samples", "4", "--temperature", "0.7", "--limit", "3",
                      "--max-new-tokens", "48", "--output-dir", str(out), "--initial-peers", *swarm.initial_peers),
-                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "INITIAL_PEERS": ""},
+                stdout=subprocess.DEVNULL, stderr=err, env=FAULT_ENV,
                 start_new_session=True)
             try:
                 _wait_for_records(path, 1, proc, 300)

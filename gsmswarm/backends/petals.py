@@ -5,6 +5,7 @@ one session (Petals' servers hold one cache of fixed batch size per session and 
 one prompt need none).
 """
 import logging
+import os
 from typing import List, Optional, Sequence
 
 from ..config import GenerationConfig, UserError, one_line
@@ -12,8 +13,21 @@ from . import BackendError, ThreadedBackend
 
 # The Petals client's defaults retry a failed step forever (max_retries=None) and wait 180 s per request;
 # a run should instead stop with a clear error and resume later. Failover to another server holding the
-# same blocks takes one retry.
-PETALS_CLIENT = dict(max_retries=4, request_timeout=60, daemon_startup_timeout=30)
+# same blocks takes one retry, but only after the request timeout: a server killed mid-step is noticed when
+# its reply is late, not when it dies. $GSMSWARM_REQUEST_TIMEOUT shortens that wait where every step is
+# quick (the fault tests) or lengthens it for long prompts on slow servers.
+MAX_RETRIES = 4
+
+
+def _client_options() -> dict:
+    text = os.environ.get("GSMSWARM_REQUEST_TIMEOUT", "60")
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = 0.0
+    if not timeout > 0:
+        raise UserError(f"$GSMSWARM_REQUEST_TIMEOUT={text!r}: give seconds, a number above 0")
+    return dict(max_retries=MAX_RETRIES, request_timeout=timeout, daemon_startup_timeout=30)
 
 
 class _StopOnStrings:
@@ -89,7 +103,7 @@ class PetalsBackend(ThreadedBackend):
                     do_sample=sampling, pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
                     stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]))
         except Exception as e:
-            raise BackendError(f"the swarm failed after {PETALS_CLIENT['max_retries']} tries: {one_line(e)}") from e
+            raise BackendError(f"the swarm failed after {MAX_RETRIES} tries: {one_line(e)}") from e
         return [row[ids.shape[1]:].tolist() for row in out]
 
     def close(self) -> None:
@@ -137,6 +151,7 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
     from .. import petals_patches
     from ..swarm import LOOPBACK_P2P, dht_prefix_for, gc_frozen
 
+    options = _client_options()  # a bad $GSMSWARM_REQUEST_TIMEOUT stops the run before the swarm is dialled
     petals_patches.apply()
     for name in RETRY_LOGGERS:
         if not any(isinstance(f, OneLineRetries) for f in logging.getLogger(name).filters):
@@ -162,7 +177,7 @@ def _load_petals(model_path: str, initial_peers: Sequence[str], dht_prefix: Opti
     original, sequence_manager.DHT = sequence_manager.DHT, ClientDHT
     load = lambda: AutoDistributedModelForCausalLM.from_pretrained(  # noqa: E731
         model_path, initial_peers=list(initial_peers), dht_prefix=dht_prefix or dht_prefix_for(model_path),
-        torch_dtype=dtype or torch.float32, **PETALS_CLIENT)
+        torch_dtype=dtype or torch.float32, **options)
     try:
         try:
             model = load()
