@@ -131,10 +131,11 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
 
 def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
     """Run the study's arms in order (every arm an ordinary resumable run); skip an arm whose soft prompt has not
-    been trained yet, saying how to train it."""
+    been trained to its last step yet, saying how to train it (a rerun of that command resumes)."""
     from .report import format_table
     from .results import run_name
     from .study import ARMS, arm_config, train_command
+    from .tuning import unfinished
 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -144,9 +145,8 @@ def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
         if list_only:
             print(f"{arm:12} {ARMS[arm].label:22} {config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
             continue
-        if config.soft_prompt and not Path(config.soft_prompt).is_dir():
-            print(f"[{arm}] skipped: no soft prompt {config.soft_prompt} yet; train it with "
-                  f"{train_command(arm, common.get('model', config.model))}")
+        if config.soft_prompt and (why := unfinished(config.soft_prompt)):
+            print(f"[{arm}] skipped: {why}; train it with {train_command(arm, common.get('model', config.model))}")
             continue
         from .engine import run
 

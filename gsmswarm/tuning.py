@@ -107,6 +107,20 @@ def load_soft_prompt(folder) -> SoftPrompt:
     return SoftPrompt(mode, tensors["prompts"], tensors.get("intermediate"), Path(folder).name)
 
 
+def unfinished(folder) -> Optional[str]:
+    """Why a run folder does not hold the soft prompt of its whole training yet, or None when it does: the
+    study evaluates finished prompts only, while `run --soft-prompt` takes any saved one (the best so far)."""
+    folder = Path(folder)
+    if not (folder / SOFT_PROMPT_FILE).is_file():
+        return f"no soft prompt {folder} yet"
+    try:
+        steps = json.loads((folder / CONFIG_FILE).read_text())["steps"]
+        done = max(json.loads(line)["step"] for line in (folder / LOG_FILE).read_text().splitlines())
+    except (OSError, ValueError, KeyError, TypeError):  # missing, empty or torn files
+        return f"soft prompt {folder} has no readable {CONFIG_FILE} and {LOG_FILE}"
+    return None if done >= steps else f"soft prompt {folder} trained {done} of {steps} steps so far"
+
+
 def target_text(problem: Problem) -> str:
     """What the model learns to write after 'A:': the solution as an exemplar would show it, then the
     exemplars' separator, so a tuned prompt ends its answers where CoT's stop strings cut them."""

@@ -1,5 +1,7 @@
 """The study's verdicts from hand-built records: each claim's rule, Holm's correction across the family, and
 that the arms name the runs `study` writes."""
+from pathlib import Path
+
 import pytest
 
 from conftest import cli
@@ -77,6 +79,29 @@ def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
         assert arm_config(arm, model="qwen2.5-coder-0.5b")[0].soft_prompt == f"prompt_tuning/{folder_name(config)}"
     assert arm_config("ragptune_rag", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
         "prompt_tuning/ptune__local__qwen2.5-coder-0.5b__v16__s0__rag8")
+
+
+def test_the_study_takes_a_soft_prompt_only_once_its_training_ended(tmp_path):
+    """A folder whose run is still training (a session ended mid-run) holds the best prompt so far: the study
+    must not evaluate it as the arm's prompt."""
+    import json
+
+    from gsmswarm.tuning import unfinished
+
+    folder = tmp_path / "ptune__local__m__v16__s0"
+    assert unfinished(folder) == f"no soft prompt {folder} yet"
+    folder.mkdir()
+    (folder / "soft_prompt.safetensors").write_bytes(b"")
+    assert "no readable config.json and train_log.jsonl" in unfinished(folder)
+    (folder / "config.json").write_text(json.dumps({"steps": 120}))
+    (folder / "train_log.jsonl").write_text('{"step": 0, "dev_loss": 0.9}\n{"step": 37, "loss": 0.8}\n')
+    assert unfinished(folder) == f"soft prompt {folder} trained 37 of 120 steps so far"
+    with open(folder / "train_log.jsonl", "a") as f:
+        f.write('{"step": 120, "loss": 0.7}\n{"step": 120, "dev_loss": 0.8}\n')
+    assert unfinished(folder) is None
+    finished = sorted((Path(__file__).resolve().parent.parent / "prompt_tuning").glob("*petals__qwen2.5-coder-0.5b*"))
+    assert [f.name.split("__")[0] for f in finished] == ["deep_ptune", "ptune"]  # the study's trained prompts
+    assert all(unfinished(f) is None for f in finished)
 
 
 def test_swarm_rows_count_identical_completions_on_common_problems():
