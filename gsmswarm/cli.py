@@ -110,6 +110,7 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
         if r["comparisons"]:
             print(f"\nthe study, {model} (p Holm-adjusted across these {len(r['comparisons'])} comparisons):")
             print(text_table(verdict_rows(r["claims"])) if r["claims"] else "no claim has all its arms run yet")
+            print("".join(f"{line}\n" for line in r["pending"]), end="")
             print(text_table(comparison_rows(r["comparisons"])))
         if len(r["swarm"]) > 1:
             print(f"\nthe local runs against the same arms through the swarm, {model}:")

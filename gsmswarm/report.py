@@ -11,7 +11,8 @@ from .config import RunConfig, UserError
 from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, load_runs, read_records, write_json
-from .study import ARMS, comparison_rows, find_arms, shown_arms, swarm_rows, verdict_rows, verdicts
+from .study import (ARMS, comparison_rows, find_arms, pending_claims, shown_arms, swarm_rows, verdict_rows,
+                    verdicts)
 
 # The README's results live between these lines, written by `python -m gsmswarm summarize --markdown README.md`
 # and checked against the records by tests/test_study.py, so the README's tables cannot drift from the data.
@@ -98,7 +99,8 @@ def study_results(summaries: List[dict]) -> Dict[str, dict]:
         local = {arm: run_records(s) for arm, s in find_arms(summaries, model).items()}
         swarm = {arm: run_records(s) for arm, s in find_arms(summaries, model, backend="petals").items()}
         comparisons, claims = verdicts(local)
-        out[model] = {"shown": shown, "comparisons": comparisons, "claims": claims, "swarm": swarm_rows(local, swarm)}
+        out[model] = {"shown": shown, "comparisons": comparisons, "claims": claims, "swarm": swarm_rows(local, swarm),
+                      "pending": pending_claims(claims, local)}
     return out
 
 
@@ -115,7 +117,8 @@ def study_markdown(results: Dict[str, dict]) -> str:
         parts.append(f"**{model}** (greedy unless stated; float32):\n\n" + markdown_table(rows))
         if r["claims"]:  # a model with no claim decidable yet (the harness check) shows its arms only
             parts.append(f"The claims, {model} (paired on the problems both arms finished; Holm-adjusted p across "
-                         f"the {len(r['comparisons'])} comparisons below):\n\n" + markdown_table(verdict_rows(r["claims"])))
+                         f"the {len(r['comparisons'])} comparisons below):\n\n" + markdown_table(verdict_rows(r["claims"]))
+                         + "".join(f"\n\n*{line}.*" for line in r["pending"]))
             parts.append(f"Every comparison, {model} (difference in accuracy, a minus b, with its paired "
                          "bootstrap 95% interval; exact McNemar p):\n\n" + markdown_table(comparison_rows(r["comparisons"])))
         if len(r["swarm"]) > 1:

@@ -8,7 +8,8 @@ from conftest import cli
 
 from gsmswarm.config import TuningConfig
 from gsmswarm.results import run_name
-from gsmswarm.study import ARMS, CLAIMS, arm_config, find_arms, swarm_rows, train_command, verdicts
+from gsmswarm.study import (ARMS, CLAIMS, arm_config, find_arms, pending_claims, swarm_rows, train_command,
+                            verdicts)
 from gsmswarm.tuning import folder_name
 
 N = 200
@@ -30,7 +31,11 @@ def test_claims_confirmed_refuted_and_missing():
     assert claims["ptune_rag"]["verdict"] == "refuted"  # beats RAG, but PT alone solves 20 more
     assert [(c["a"], c["b"], c["outcome"]) for c in claims["ptune_rag"]["comparisons"]] == [
         ("ptune_rag", "ptune", "worse"), ("ptune_rag", "rag", "better")]
-    assert "deep_ptune" not in claims  # not run: no verdict rather than a guess
+    assert "deep_ptune" not in claims  # not run: no verdict rather than a guess, and said so
+    assert pending_claims(list(claims.values()), runs(cot=30, ptune=60, rag=20, ptune_rag=40)) == [
+        "deep prompt tuning beats RAG: not judged yet, no local run of deep PT",
+        "prompt tuning and RAG combine (prompt trained behind retrieved exemplars): not judged yet, no local run of "
+        "PT(RAG-trained) + RAG"]
     pairs = [(c["a"], c["b"]) for c in comparisons]
     assert len(pairs) == len(set(pairs)) == 6  # 3 claim pairs + 3 arms vs CoT, none twice
     assert all(c["p_holm"] >= c["p_value"] for c in comparisons)
