@@ -125,12 +125,12 @@ def verdicts(records: Dict[str, List[dict]], alpha: float = ALPHA) -> Tuple[List
     return comparisons, claims
 
 
-def pending_claims(claims: List[dict], arms_run) -> List[str]:
+def pending_claims(claims: List[dict], arms_run, backend: str = "local") -> List[str]:
     """One line per claim not judged yet, naming the arms it still needs: a reader sees the question is open
     rather than not asked."""
     judged = {c["claim"] for c in claims}
     missing = lambda c: ", ".join(ARMS[a].label for a in (c.arm, *c.beats) if a not in arms_run)  # noqa: E731
-    return [f"{c.text}: not judged yet, no local run of {missing(c)}" for c in CLAIMS if c.text not in judged]
+    return [f"{c.text}: not judged yet, no {backend} run of {missing(c)}" for c in CLAIMS if c.text not in judged]
 
 
 def swarm_rows(local: Dict[str, List[dict]], swarm: Dict[str, List[dict]]) -> List[tuple]:
