@@ -115,7 +115,7 @@ def unfinished(folder) -> Optional[str]:
         return f"no soft prompt {folder} yet"
     try:
         steps = json.loads((folder / CONFIG_FILE).read_text())["steps"]
-        done = max(json.loads(line)["step"] for line in (folder / LOG_FILE).read_text().splitlines())
+        done = max(row["step"] for row in read_train_log(folder))
     except (OSError, ValueError, KeyError, TypeError):  # missing, empty or torn files
         return f"soft prompt {folder} has no readable {CONFIG_FILE} and {LOG_FILE}"
     return None if done >= steps else f"soft prompt {folder} trained {done} of {steps} steps so far"
@@ -433,15 +433,7 @@ class _TrainLog:
     """`train_log.jsonl`, cut back to the checkpoint's step on resume so every step appears once."""
 
     def __init__(self, path: Path, keep_until: int):
-        rows = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a torn last line
-                if row["step"] <= keep_until:
-                    rows.append(row)
+        rows = [r for r in read_train_log(path.parent) if r["step"] <= keep_until] if path.exists() else []
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         self._file = open(path, "a")
 
@@ -465,4 +457,11 @@ def nearest_tokens(prompt: SoftPrompt, embeddings, tokenizer, k: int = 3) -> Lis
 
 
 def read_train_log(folder) -> List[dict]:
-    return [json.loads(line) for line in (Path(folder) / LOG_FILE).read_text().splitlines() if line.strip()]
+    """The rows of a run's `train_log.jsonl`, without a torn last line (a run killed while writing it)."""
+    rows = []
+    for line in (Path(folder) / LOG_FILE).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows

@@ -102,7 +102,10 @@ def test_the_study_takes_a_soft_prompt_only_once_its_training_ended(tmp_path):
     (folder / "train_log.jsonl").write_text('{"step": 0, "dev_loss": 0.9}\n{"step": 37, "loss": 0.8}\n')
     assert unfinished(folder) == f"soft prompt {folder} trained 37 of 120 steps so far"
     with open(folder / "train_log.jsonl", "a") as f:
-        f.write('{"step": 120, "loss": 0.7}\n{"step": 120, "dev_loss": 0.8}\n')
+        f.write('{"step": 120, "lo')  # killed while writing: the training's resume drops this line, so does the count
+    assert unfinished(folder) == f"soft prompt {folder} trained 37 of 120 steps so far"
+    (folder / "train_log.jsonl").write_text('{"step": 0, "dev_loss": 0.9}\n{"step": 120, "loss": 0.7}\n'
+                                            '{"step": 120, "dev_loss": 0.8}\n')
     assert unfinished(folder) is None
     finished = sorted((Path(__file__).resolve().parent.parent / "prompt_tuning").glob("*petals__qwen2.5-coder-0.5b*"))
     assert [f.name.split("__")[0] for f in finished] == ["deep_ptune", "ptune"]  # the study's trained prompts
