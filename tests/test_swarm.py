@@ -60,6 +60,20 @@ def test_swarm_greedy_tokens_equal_local(local_backend, petals_backend):
         assert remote.text == local.text
 
 
+def test_swarm_sampled_tokens_equal_local(local_backend, petals_backend):
+    """Each sampled row draws from its own generator (run seed, problem, row) in both backends, so a sampled
+    run through the swarm can be checked token for token against the local one; rows that stop early (stop
+    strings, end of sequence) and nucleus sampling included."""
+    gen = GenerationConfig(max_new_tokens=24, temperature=0.9, top_p=0.95, n=3, seed=1, stop=(".", "\n\n"))
+    problem = load_split("test", limit=2)[1]
+    prompt = render(load_prompt("cot_8shot"), question=problem.question)
+    local = local_backend.generate(prompt, gen, seed=problem.idx)
+    remote = petals_backend.generate(prompt, gen, seed=problem.idx)
+    assert [c.token_ids for c in remote] == [c.token_ids for c in local]
+    assert len({len(c.token_ids) for c in local}) > 1  # really sampled, and rows stopped at different steps
+    assert local_backend.generate(prompt, gen, seed=problem.idx + 1)[0].token_ids != local[0].token_ids
+
+
 async def _collect_garbage(dht, node) -> int:
     return gc.collect()
 

@@ -113,7 +113,6 @@ class ThreadedBackend(Backend):
         self.workers = workers
         self._done = queue.Queue()  # (key, rows or BackendError, gen, start) from the threads
         self._running = 0
-        self._sampling = threading.Lock()  # sampled requests seed torch's global generator: one at a time
 
     def submit(self, key, prompt, gen, seed=0):
         self._running += 1
@@ -144,11 +143,7 @@ class ThreadedBackend(Backend):
     def _one(self, key, prompt, gen, seed):
         start = time.perf_counter()
         try:
-            if gen.temperature > 0:
-                with self._sampling:
-                    rows = self._generate(prompt, gen, seed)
-            else:
-                rows = self._generate(prompt, gen, seed)
+            rows = self._generate(prompt, gen, seed)
         except BaseException as e:  # handed to the engine's thread, which decides
             rows = e
         self._done.put((key, rows, gen, start))
@@ -204,6 +199,15 @@ def open_backend(name: str, model_path: str, initial_peers: Sequence[str] = (), 
         backend = load_backend(name, model_path, initial_peers, dht_prefix, **kw)
         stack.callback(backend.close)
         yield backend
+
+
+def row_generators(gen: GenerationConfig, seed: int) -> list:
+    """One generator per completion of a sampled request, seeded by the run's seed, the problem (`seed`) and
+    the row: a row's draws depend neither on the batch, nor on the thread, nor on the backend, so sampled
+    completions through the swarm can be checked token for token against local ones."""
+    import torch
+
+    return [torch.Generator().manual_seed(gen.seed * 1_000_003 + seed * 1_009 + j) for j in range(gen.n)]
 
 
 def sample(logits, gen: GenerationConfig, generators):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Hashable, List, Optional
 
 from ..config import GenerationConfig, UserError
-from . import Backend, Completion, sample
+from . import Backend, Completion, row_generators, sample
 
 SOFT = -1  # a soft-prompt position in a row's token list: shared by every row, never a real token id
 STOP_TAIL = 8  # tokens decoded to look for a stop string: the stop strings are a few tokens long at most
@@ -101,15 +101,11 @@ class LocalBackend(Backend):
         return [embedding.weight], hidden
 
     def submit(self, key, prompt, gen, seed=0):
-        import torch
-
         soft = [SOFT] * (self.soft_prompt.length if self.soft_prompt is not None else 0)
         tokens = soft + self.tokenizer(prompt).input_ids
         request = _Request(key, gen, [None] * gen.n)
-        for j in range(gen.n):
-            generator = None
-            if gen.temperature > 0:  # a row's draws depend on the run's seed, the problem and j, not on the batch
-                generator = torch.Generator().manual_seed(gen.seed * 1_000_003 + seed * 1_009 + j)
+        generators = row_generators(gen, seed) if gen.temperature > 0 else [None] * gen.n
+        for j, generator in enumerate(generators):
             self._queue.append(_Row(request, j, tokens, generator))
 
     def wants_more(self) -> bool:

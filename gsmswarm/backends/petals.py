@@ -9,7 +9,7 @@ import os
 from typing import List, Optional, Sequence
 
 from ..config import GenerationConfig, UserError, one_line
-from . import BackendError, ThreadedBackend
+from . import BackendError, ThreadedBackend, row_generators, sample
 
 # The Petals client's defaults retry a failed step forever (max_retries=None) and wait 180 s per request;
 # a run should instead stop with a clear error and resume later. Failover to another server holding the
@@ -39,6 +39,22 @@ class _StopOnStrings:
     def __call__(self, input_ids, scores, **kwargs) -> bool:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:])
         return all(any(s in t for s in self.stop) for t in texts)
+
+
+class _Draw:
+    """Sampling as the local backend samples (`sample`, one generator per row), handed to transformers' greedy
+    search as the only finite score. transformers' own sampling draws from torch's global generator: one
+    stream shared by every row, problem and thread, so a swarm's sampled completions could not be compared
+    with local ones, nor reproduced when requests overlap."""
+
+    def __init__(self, gen: GenerationConfig, generators: list):
+        self.gen, self.generators = gen, generators
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        tokens = sample(scores.float(), self.gen, self.generators)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tokens[:, None].to(scores.device), 0.0)
 
 
 class PetalsBackend(ThreadedBackend):
@@ -88,19 +104,16 @@ class PetalsBackend(ThreadedBackend):
 
     def _generate(self, prompt: str, gen: GenerationConfig, seed: int) -> List[List[int]]:
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids.repeat(gen.n, 1).to(self.model.device)
-        sampling = gen.temperature > 0
-        if sampling:
-            torch.manual_seed(gen.seed)
-        # Sampling settings go in only when sampling: transformers warns about them under greedy decoding.
-        sample_kw = dict(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k) if sampling else {}
+        draw = [_Draw(gen, row_generators(gen, seed))] if gen.temperature > 0 else []
         try:
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen.max_new_tokens,
-                    do_sample=sampling, pad_token_id=self.tokenizer.eos_token_id, **sample_kw,
+                    do_sample=False, logits_processor=LogitsProcessorList(draw),
+                    pad_token_id=self.tokenizer.eos_token_id,
                     stopping_criteria=StoppingCriteriaList([_StopOnStrings(self.tokenizer, ids.shape[1], gen.stop)]))
         except Exception as e:
             raise BackendError(f"the swarm failed after {MAX_RETRIES} tries: {one_line(e)}") from e
