@@ -191,14 +191,17 @@ def test_client_sigkill_and_server_death_lose_no_record(model_path, tmp_path):
 
 def test_self_consistency_run_survives_the_death_of_its_serving_replica(model_path, tmp_path):
     """A sampled run (k=4 paths per problem as one batch through the swarm) loses the replica serving it
-    mid-problem: the batch continues on the other replica and every record is there once with all k paths."""
+    mid-problem: the batch continues on the other replica and every record is there once with all k paths.
+    One problem in flight at a time (--batch-size 1), so that the server of the newest open session is the
+    one serving the run, and problems remain after the first record."""
     out = tmp_path / "results"
     path = out / "self_consistency" / "self_consistency__petals__smollm2-135m__cot_8shot__test__n4__t0.7__s0.jsonl"
     with LoopbackSwarm(model_path, tmp_path / "swarm", block_ranges=["0:30", "0:30"]) as swarm:
         with open(tmp_path / "run.err", "w") as err:
             proc = subprocess.Popen(
                 _cli("run", "--method", "self_consistency", "--samples", "4", "--temperature", "0.7", "--limit", "3",
-                     "--max-new-tokens", "48", "--output-dir", str(out), "--initial-peers", *swarm.initial_peers),
+                     "--max-new-tokens", "48", "--batch-size", "1", "--output-dir", str(out),
+                     "--initial-peers", *swarm.initial_peers),
                 stdout=subprocess.DEVNULL, stderr=err, env=FAULT_ENV,
                 start_new_session=True)
             try:
