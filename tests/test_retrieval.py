@@ -45,6 +45,22 @@ def test_no_test_problem_is_ever_retrieved(index_dir):
             assert 0 <= n.idx < LIMIT and n.problem.question in train_questions
 
 
+def test_neighbours_are_the_exact_cosine_nearest(index_dir):
+    """Chroma searches its whole HNSW graph (ef_search >= the index size), so a query returns the exact
+    nearest training problems, whatever graph a build happened to make: the same exemplars on every machine."""
+    import numpy as np
+
+    index = open_index(store_dir=index_dir, limit=LIMIT)
+    assert index._collection.configuration_json["hnsw"]["ef_search"] >= len(index)
+    stored = index._collection.get(include=["embeddings", "metadatas"])
+    matrix, ids = np.asarray(stored["embeddings"]), [m["idx"] for m in stored["metadatas"]]
+    for problem in load_split("test", 40):
+        sims = matrix @ np.asarray(index.embed([problem.question])[0])
+        got = index.query(problem.question, 8)
+        assert {n.idx for n in got} == {ids[i] for i in np.argsort(-sims)[:8]}
+        assert [n.distance for n in got] == sorted(n.distance for n in got)
+
+
 def test_near_duplicate_retrieves_its_training_problem_first(index_dir):
     index = open_index(store_dir=index_dir, limit=LIMIT)
     for original in load_split("train", LIMIT)[::40]:
