@@ -84,15 +84,16 @@ def run_name(config, gen) -> str:
             f"__t{gen.temperature:g}__s{gen.seed}{dtype}")
 
 
-def git_commit() -> str:
+def git_commit(repo: Path = REPO_DIR) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_DIR, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10)
-        # "dirty" means code that differs from the commit; results, trained prompts and notebooks being
-        # written by other runs do not change what this run computes.
+        # "dirty" means code that differs from the commit; results, trained prompts, notebooks and prose (the
+        # README's tables are rewritten by `summarize` while runs go on) do not change what this run computes.
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)method_results", ":(exclude)prompt_tuning/*/*", ":(exclude)notebooks"],
-                               cwd=REPO_DIR, capture_output=True, text=True, timeout=10).stdout.strip()
+                                ":(exclude)method_results", ":(exclude)prompt_tuning/*/*", ":(exclude)notebooks",
+                                ":(exclude)*.md"],
+                               cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

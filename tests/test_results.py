@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gsmswarm.config import GenerationConfig, RunConfig, UserError
-from gsmswarm.results import ResultsWriter, read_records, run_name
+from gsmswarm.results import ResultsWriter, git_commit, read_records, run_name
 
 
 def _record(idx):
@@ -68,6 +68,29 @@ def test_every_committed_record_follows_the_written_schema():
             required = failed_fields if r["error"] else set(RECORD_FIELDS) | set(own)
             assert not required - set(r) and not set(r) - allowed, (path.name, r["idx"], required - set(r),
                                                                     set(r) - allowed)
+
+
+def test_commit_is_dirty_for_changed_code_only(tmp_path):
+    """A record's commit says `-dirty` when code differs from it, not when results or prose do."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for name in ("run.py", "README.md", "method_results/a.jsonl"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "README.md").write_text("2\n")
+    (tmp_path / "method_results" / "a.jsonl").write_text("2\n")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "run.py").write_text("2\n")
+    assert git_commit(tmp_path) == clean + "-dirty"
 
 
 def test_run_name_encodes_config():
