@@ -40,6 +40,11 @@ def p2p_settings(host: str = "127.0.0.1", port: int = 0, public_ip: Optional[str
 
 LOOPBACK_P2P = p2p_settings()
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Petals sizes a server's attention cache for 16,384 tokens (4,096 without grouped-query attention): two
+# self-consistency sessions of 8 rows x ~1,000 tokens. The client asks for no wait, so a session that finds
+# no room fails at once, and the engine keeps 4 requests in flight. The cache is a limit that sessions
+# allocate from, not memory taken at start.
+ATTN_CACHE_TOKENS = 65536
 
 
 @contextlib.contextmanager
@@ -103,7 +108,8 @@ def run_dht(peers_file: Path, identity_path: Optional[str], p2p: dict = LOOPBACK
 
 def run_server(model: str, block_indices: Optional[str], initial_peers: Sequence[str], dht_prefix: str,
                throughput: float, torch_dtype: str, device: str, num_blocks: Optional[int] = None,
-               quant_type: str = "none", p2p: dict = LOOPBACK_P2P) -> None:
+               quant_type: str = "none", p2p: dict = LOOPBACK_P2P,
+               attn_cache_tokens: int = ATTN_CACHE_TOKENS) -> None:
     from petals.server.server import Server
     from petals.utils.convert_block import QuantType
 
@@ -115,6 +121,7 @@ def run_server(model: str, block_indices: Optional[str], initial_peers: Sequence
         num_blocks=num_blocks, initial_peers=list(initial_peers),
         throughput=throughput,  # numeric: no internet speed test
         torch_dtype=torch_dtype, device=device, quant_type=QuantType[quant_type.upper()],
+        attn_cache_tokens=attn_cache_tokens,
         reachable_via_relay=False,  # skip the reachability probe
         skip_reachability_check=True,  # never call the public health service
         **p2p,
@@ -324,6 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     s.add_argument("--torch-dtype", default="float32", help="float32 keeps swarm and local outputs identical")
     s.add_argument("--quant-type", default="none", choices=["none", "int8", "nf4"], help="weight quantization (GPU)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--attn-cache-tokens", type=int, default=ATTN_CACHE_TOKENS,
+                   help="attention cache, in tokens summed over every session's rows (Petals' default: 16384)")
     for p in (d, s):
         p.add_argument("--host", default="127.0.0.1", help="IPv4 address to listen on (0.0.0.0 on a GPU node)")
         p.add_argument("--port", type=int, default=0, help="TCP port to listen on (0: any free port)")
@@ -343,7 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         run_dht(args.peers_file, args.identity_path, p2p)
     else:
         run_server(args.model, args.block_indices, args.initial_peers, args.dht_prefix, args.throughput,
-                   args.torch_dtype, args.device, args.num_blocks, args.quant_type, p2p)
+                   args.torch_dtype, args.device, args.num_blocks, args.quant_type, p2p, args.attn_cache_tokens)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,21 @@ def test_p2pd_starts_without_nat_port_mapping_or_autonat(swarm):
         assert "bootstrapPeers" not in flags or "/ip4/127.0.0.1/" in flags["bootstrapPeers"], cmd
 
 
+def test_servers_have_room_for_the_engines_sampled_sessions(petals_backend):
+    """The engine keeps 4 requests in flight through a swarm; self-consistency's are 8 rows of an 8-shot
+    prompt and its completion (~1,024 tokens). Petals' default cache (16,384 tokens) failed the third such
+    session at once ("Could not allocate ... out of memory"). One session of all their rows must fit."""
+    import torch
+
+    from gsmswarm.config import RunConfig
+
+    rows, length = RunConfig(backend="petals").batch_size * 8, 1024
+    model = petals_backend.model
+    with torch.inference_mode(), model.transformer.h.inference_session(max_length=length) as session:
+        out = session.step(torch.zeros(rows, 1, model.config.hidden_size))  # the cache is taken at the first step
+    assert out.shape == (rows, 1, model.config.hidden_size)
+
+
 def test_swarm_greedy_tokens_equal_local(local_backend, petals_backend):
     gen = GenerationConfig(max_new_tokens=24)
     template = load_prompt("cot_8shot")
