@@ -112,4 +112,4 @@ def test_a_bad_request_timeout_is_one_line_naming_the_variable(monkeypatch, valu
     monkeypatch.setenv("GSMSWARM_REQUEST_TIMEOUT", "12.5")
     assert _client_options()["request_timeout"] == 12.5
     monkeypatch.delenv("GSMSWARM_REQUEST_TIMEOUT")
-    assert _client_options()["request_timeout"] == 60
+    assert _client_options()["request_timeout"] == 300

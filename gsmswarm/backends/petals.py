@@ -14,13 +14,17 @@ from . import BackendError, ThreadedBackend, row_generators, sample
 # The Petals client's defaults retry a failed step forever (max_retries=None) and wait 180 s per request;
 # a run should instead stop with a clear error and resume later. Failover to another server holding the
 # same blocks takes one retry, but only after the request timeout: a server killed mid-step is noticed when
-# its reply is late, not when it dies. $GSMSWARM_REQUEST_TIMEOUT shortens that wait where every step is
-# quick (the fault tests) or lengthens it for long prompts on slow servers.
+# its reply is late, not when it dies. The wait must still outlast a step queued behind others: on 2 CPU
+# cores, the first step of 4 self-consistency requests (8 rows x ~800 prompt tokens each) ended after more
+# than 60 s, the client gave up, its server freed the cache the queued step needed (KeyError in the server's
+# log), and every retry began again. $GSMSWARM_REQUEST_TIMEOUT shortens the wait where every step is quick
+# (the fault tests) or lengthens it for longer prompts on slower servers.
 MAX_RETRIES = 4
+REQUEST_TIMEOUT_S = 300
 
 
 def _client_options() -> dict:
-    text = os.environ.get("GSMSWARM_REQUEST_TIMEOUT", "60")
+    text = os.environ.get("GSMSWARM_REQUEST_TIMEOUT", str(REQUEST_TIMEOUT_S))
     try:
         timeout = float(text)
     except ValueError:
