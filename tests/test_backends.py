@@ -97,6 +97,16 @@ def test_petals_retry_warnings_are_one_short_line_each(caplog):
         assert record.getMessage().startswith("Caught exception when running inference via span 0:15 (retry in 1 sec)")
         assert len(record.getMessage()) == 203 and record.getMessage().endswith("...")
         assert record.exc_info is None and "\n" not in caplog.text.strip()
+        caplog.clear()
+        span = ("RemoteSpanInfo(peer_id=<libp2p.peer.id.ID (12D3KooWHsgptvdSF5edUUUq5kJ7JuDP5B22EKe9L6tzNw3Ge9Rc)>, "
+                "start=0, end=12, server_info=ServerInfo(state=<ServerState.ONLINE: 2>, throughput=1.0, "
+                "start_block=0, end_block=12, public_name=None, version='2.3.0.dev2', network_rps=None, "
+                "forward_rps=None, inference_rps=None, adapters=(), torch_dtype='float32', quant_type='none', "
+                "using_relay=False, cache_tokens_left=1966080, next_pings={'12D3KooWK3HK': 0.001}))")
+        with caplog.at_level(logging.WARNING):
+            log.warning(f"Caught exception when running inference via {span} (retry in 1 sec): TimeoutError()")
+        assert caplog.records[0].getMessage() == ("Caught exception when running inference via blocks 0:12 at "
+                                                  "...3Ge9Rc (retry in 1 sec): TimeoutError()")
     finally:
         log.filters[:] = [f for f in log.filters if not isinstance(f, OneLineRetries)]
 

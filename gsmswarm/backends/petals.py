@@ -6,6 +6,7 @@ one prompt need none).
 """
 import logging
 import os
+import re
 from typing import List, Optional, Sequence
 
 from ..config import GenerationConfig, UserError, one_line
@@ -140,10 +141,11 @@ class PetalsBackend(ThreadedBackend):
 class OneLineRetries(logging.Filter):
     """Petals' client logs every retry with the remote error's whole text (a server's traceback included) and
     then, for errors without text, a second record with the local traceback. A user watching a run needs one
-    short line per retry; the run's stop message and the records say the rest."""
+    short line per retry, with the error in it: the server's description (its whole ServerInfo) is cut to
+    its blocks and peer id before the line is; the run's stop message and the records say the rest."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
+        text = _SPAN.sub(r"blocks \3:\4 at ...\2 (retry in", record.getMessage())
         if text.startswith("See detailed traceback"):
             return False
         first = text.splitlines()[0] if text else ""
@@ -154,6 +156,8 @@ class OneLineRetries(logging.Filter):
         return True
 
 
+_SPAN = re.compile(r"RemoteSpanInfo\(peer_id=<libp2p\.peer\.id\.ID \((\w*?)(\w{6})\)>, start=(\d+), end=(\d+), "
+                   r"server_info=.*?\) \(retry in", re.S)
 RETRY_LOGGERS = ("petals.client.inference_session", "petals.client.routing.sequence_manager")
 
 
