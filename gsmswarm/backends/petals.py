@@ -138,6 +138,11 @@ class PetalsBackend(ThreadedBackend):
             self._dht = None
 
 
+# Petals' description of a retried span: peer id, blocks, and the server's whole ServerInfo.
+_SPAN = re.compile(r"RemoteSpanInfo\(peer_id=<libp2p\.peer\.id\.ID \(\w*?(\w{6})\)>, start=(\d+), end=(\d+), "
+                   r"server_info=.*?\) \(retry in", re.S)
+
+
 class OneLineRetries(logging.Filter):
     """Petals' client logs every retry with the remote error's whole text (a server's traceback included) and
     then, for errors without text, a second record with the local traceback. A user watching a run needs one
@@ -145,7 +150,7 @@ class OneLineRetries(logging.Filter):
     its blocks and peer id before the line is; the run's stop message and the records say the rest."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = _SPAN.sub(r"blocks \3:\4 at ...\2 (retry in", record.getMessage())
+        text = _SPAN.sub(r"blocks \2:\3 at ...\1 (retry in", record.getMessage())
         if text.startswith("See detailed traceback"):
             return False
         first = text.splitlines()[0] if text else ""
@@ -156,8 +161,6 @@ class OneLineRetries(logging.Filter):
         return True
 
 
-_SPAN = re.compile(r"RemoteSpanInfo\(peer_id=<libp2p\.peer\.id\.ID \((\w*?)(\w{6})\)>, start=(\d+), end=(\d+), "
-                   r"server_info=.*?\) \(retry in", re.S)
 RETRY_LOGGERS = ("petals.client.inference_session", "petals.client.routing.sequence_manager")
 
 
