@@ -14,6 +14,11 @@
 #     --port P (31337)  --dht-port P (31336)  --host H (0.0.0.0)   where to listen
 #     --torch-dtype float16|bfloat16|float32 (float16)  --quant-type none|int8|nf4 (none)  --device cuda
 #     --dht-prefix NAME   the name the model is served under (default: what clients derive from MODEL)
+#     --attn-cache-tokens N   attention cache, in tokens summed over every open session's rows (default 65536:
+#                         4 self-consistency requests of 8 rows x ~1,000 tokens). It is a limit, allocated as
+#                         sessions need it, of N x 2 x hidden size / KV groups x dtype bytes per block: 1 GiB
+#                         per block for a 7B Llama in float16. Lower it on a small GPU, and the client's
+#                         --batch-size with it; a session that finds no room fails ("Could not allocate")
 #     --docker            run the server inside Petals' image (learningathome/petals:main) with this repo
 #                         mounted; --install-docker installs Docker and the NVIDIA container toolkit first
 #   bash server_run.sh --public --model MODEL    # join the PUBLIC swarm with Petals' own CLI (explicit only)
@@ -22,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 mode="" dry_run=0 model="" num_servers=2 peers=${INITIAL_PEERS:-} public_ip="" host=0.0.0.0 port=31337
-dht_port=31336 blocks=() dtype=float16 quant=none device=cuda prefix="" docker=0 install_docker=0
+dht_port=31336 blocks=() dtype=float16 quant=none device=cuda prefix="" cache=() docker=0 install_docker=0
 need() { [ $# -ge 2 ] && [ -n "$2" ] || { echo "error: server_run.sh: $1 needs a value" >&2; exit 2; }; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
     --quant-type) need "$@"; quant=$2; shift ;;
     --device) need "$@"; device=$2; shift ;;
     --dht-prefix) need "$@"; prefix=$2; shift ;;
+    --attn-cache-tokens) need "$@"; cache=(--attn-cache-tokens "$2"); shift ;;
     --docker) docker=1 ;;
     --install-docker) install_docker=1 ;;
     --dry-run) dry_run=1 ;;
@@ -101,7 +107,7 @@ fi
 
 server=(python -m gsmswarm.swarm server "$model" "${blocks[@]}" --initial-peers $peers --dht-prefix "$prefix"
         --torch-dtype "$dtype" --quant-type "$quant" --device "$device" --host "$host" --port "$port"
-        --public-ip "$public_ip")
+        --public-ip "$public_ip" "${cache[@]}")
 if [ "$docker" = 1 ]; then
   cmd=(docker run --rm --gpus all --ipc host -p "$port:$port" -v "$PWD:/gsmswarm" -w /gsmswarm
        -v "$HOME/.cache/huggingface:/root/.cache/huggingface" -e PYTHONPATH=/gsmswarm

@@ -332,7 +332,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     s.add_argument("--quant-type", default="none", choices=["none", "int8", "nf4"], help="weight quantization (GPU)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--attn-cache-tokens", type=int, default=ATTN_CACHE_TOKENS,
-                   help="attention cache, in tokens summed over every session's rows (Petals' default: 16384)")
+                   help="attention cache, in tokens summed over every session's rows (Petals' default: 16384 "
+                        "with grouped-query attention, 4096 without)")
     for p in (d, s):
         p.add_argument("--host", default="127.0.0.1", help="IPv4 address to listen on (0.0.0.0 on a GPU node)")
         p.add_argument("--port", type=int, default=0, help="TCP port to listen on (0: any free port)")

@@ -41,13 +41,14 @@ def test_scripts_refuse_unknown_flags_and_the_public_swarm_by_default():
 
 def test_gpu_node_dry_runs_print_a_private_swarm():
     first = sh("server_run.sh", "--model", "org/Llama-7b", "--new-swarm", "--public-ip", "192.0.2.1",
-               "--num-blocks", "16", "--quant-type", "nf4", "--dry-run")
+               "--num-blocks", "16", "--quant-type", "nf4", "--attn-cache-tokens", "16384", "--dry-run")
     assert first.returncode == 0, first.stderr
     assert ("-m gsmswarm.swarm dht --peers-file .cache/swarm/initial_peers.txt --identity-path .cache/swarm/dht.id "
             "--host 0.0.0.0 --port 31336 --public-ip 192.0.2.1 &") in first.stderr
     assert ("-m gsmswarm.swarm server org/Llama-7b --num-blocks 16 --initial-peers /ip4/192.0.2.1/tcp/31336/p2p/"
             in first.stderr)
     assert "--dht-prefix Llama-7b --torch-dtype float16 --quant-type nf4 --device cuda" in first.stderr
+    assert first.stderr.rstrip().endswith("--public-ip 192.0.2.1 --attn-cache-tokens 16384")
     assert first.stdout.startswith('export INITIAL_PEERS="/ip4/192.0.2.1/tcp/31336/p2p/')
     peers = "/ip4/192.0.2.1/tcp/31336/p2p/QmX"
     second = sh("server_run.sh", "--model", "org/Llama-7b", "--public-ip", "192.0.2.2", "--block-indices", "0:16",
