@@ -91,10 +91,14 @@ def paired(records_a: List[dict], records_b: List[dict]) -> Dict[str, float]:
 
 def identical_completions(records_a: List[dict], records_b: List[dict]) -> Dict[str, int]:
     """On the problems both runs finished: how many have exactly the same completions, and the same pred. The
-    evidence that one backend's run stands for the other's (greedy decoding should give the same text)."""
+    evidence that one backend's run stands for the other's (greedy decoding should give the same text).
+    Sampled runs also count rows: one row that parts mid-completion makes its whole problem differ, and the
+    rows say how rare that is."""
     a, b = {r["idx"]: r for r in records_a}, {r["idx"]: r for r in records_b}
     common = sorted(a.keys() & b.keys())
     return {"n": len(common), "identical": sum(a[i]["completions"] == b[i]["completions"] for i in common),
+            "rows": sum(len(a[i]["completions"]) for i in common),
+            "identical_rows": sum(x == y for i in common for x, y in zip(a[i]["completions"], b[i]["completions"])),
             "same_pred": sum(a[i]["pred"] == b[i]["pred"] for i in common)}
 
 

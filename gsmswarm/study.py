@@ -135,11 +135,12 @@ def pending_claims(claims: List[dict], arms_run, backend: str = "local") -> List
 
 def swarm_rows(local: Dict[str, List[dict]], swarm: Dict[str, List[dict]]) -> List[tuple]:
     """Each arm run both locally and through the swarm: identical completions on the problems both finished."""
-    rows = [("arm", "problems in both", "identical completions", "same answer")]
+    rows = [("arm", "problems in both", "identical completions", "identical rows", "same answer")]
     for arm in ARMS:
         if arm in local and arm in swarm:
             c = identical_completions(local[arm], swarm[arm])
             rows.append((ARMS[arm].label, str(c["n"]), f"{c['identical']} ({c['identical'] / max(c['n'], 1):.1%})",
+                         f"{c['identical_rows']} of {c['rows']}",
                          f"{c['same_pred']} ({c['same_pred'] / max(c['n'], 1):.1%})"))
     return rows
 
