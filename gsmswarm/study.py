@@ -139,9 +139,9 @@ def swarm_rows(local: Dict[str, List[dict]], swarm: Dict[str, List[dict]]) -> Li
     for arm in ARMS:
         if arm in local and arm in swarm:
             c = identical_completions(local[arm], swarm[arm])
-            rows.append((ARMS[arm].label, str(c["n"]), f"{c['identical']} ({c['identical'] / max(c['n'], 1):.1%})",
-                         f"{c['identical_rows']} of {c['rows']}",
-                         f"{c['same_pred']} ({c['same_pred'] / max(c['n'], 1):.1%})"))
+            n = max(c["n"], 1)
+            rows.append((ARMS[arm].label, str(c["n"]), f"{c['identical']} ({c['identical'] / n:.1%})",
+                         f"{c['identical_rows']} of {c['rows']}", f"{c['same_pred']} ({c['same_pred'] / n:.1%})"))
     return rows
 
 
