@@ -11,8 +11,10 @@ records.
     .venv/bin/python benchmarks/throughput.py --configs before,fp32:32,bfloat16:32 --method calculator --limit 16
     .venv/bin/python benchmarks/throughput.py --lm-eval float32:8,bfloat16:16   # installs lm-eval in .cache/
     .venv/bin/python benchmarks/throughput.py --backend petals --configs float32:1,float32:4 --limit 8
+    .venv/bin/python benchmarks/throughput.py --configs b69cd65@bfloat16:32,bfloat16:32 --limit 32   # engine vs engine
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -38,6 +40,20 @@ def timed(cmd, env=None, cwd=REPO) -> dict:
     return {"wall_s": time.perf_counter() - start, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
+@contextlib.contextmanager
+def worktree(out: Path, commit: str):
+    """A git worktree of `commit` for the length of one run (None: this checkout, no worktree)."""
+    if not commit:
+        yield None
+        return
+    tree = out / f"tree-{commit}"
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), commit], cwd=REPO, check=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=True)
+
+
 def records(folder: Path) -> dict:
     out = {}
     for path in folder.glob("*/*.jsonl"):
@@ -50,6 +66,8 @@ def records(folder: Path) -> dict:
 def gsmswarm_run(label, args, out: Path, pythonpath=None, batch_size=None, dtype=None) -> dict:
     cmd = [sys.executable, "-m", "gsmswarm", "run", "--backend", args.backend, "--method", args.method,
            "--model", args.model, "--limit", str(args.limit), "--output-dir", str(out / label)]
+    cmd += [arg for flag in ("prompt", "max_new_tokens") if getattr(args, flag)
+            for arg in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
     if args.method == "self_consistency":
         cmd += ["--samples", str(args.samples), "--temperature", "0.7"]
     if batch_size:
@@ -103,9 +121,12 @@ def main() -> None:
     p.add_argument("--method", default="cot", help="cot, calculator or self_consistency")
     p.add_argument("--samples", type=int, default=8, help="self_consistency: completions per problem")
     p.add_argument("--limit", type=int, default=64, help="first N test problems")
+    p.add_argument("--prompt", help="prompt file for the engine's runs (default: the method's)")
+    p.add_argument("--max-new-tokens", type=int, help="token limit for the engine's runs (default: the method's)")
     p.add_argument("--before", default="2113b37", help="commit whose CLI is the one-problem-at-a-time baseline")
     p.add_argument("--configs", default="before,float32:1,float32:32,bfloat16:32",
-                   help="comma-separated: 'before', or DTYPE:BATCH_SIZE for the engine")
+                   help="comma-separated: 'before', or [COMMIT@]DTYPE:BATCH_SIZE for the engine (at COMMIT: the "
+                        "engine of that commit, from a git worktree, run with this venv)")
     p.add_argument("--lm-eval", default="", help="comma-separated DTYPE:BATCH_SIZE runs of lm-eval (cot only)")
     args = p.parse_args()
     from gsmswarm.results import git_commit
@@ -116,18 +137,16 @@ def main() -> None:
         for config in args.configs.split(","):
             print(f"running {config} ...", file=sys.stderr, flush=True)
             if config == "before":
-                tree = out / "before-tree"
-                subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.before], cwd=REPO,
-                               check=True)
-                try:
+                with worktree(out, args.before) as tree:
                     rows.append({"config": f"before ({args.before}), batch 1, float32",
                                  **gsmswarm_run("before", args, out, pythonpath=tree)})
-                finally:
-                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=True)
             else:
+                at, _, config = config.rpartition("@")
                 dtype, batch = config.split(":")
-                rows.append({"config": f"engine, batch {batch}, {dtype}",
-                             **gsmswarm_run(config.replace(":", "-"), args, out, batch_size=int(batch), dtype=dtype)})
+                label = f"engine{' at ' + at if at else ''}, batch {batch}, {dtype}"
+                with worktree(out, at) as tree:
+                    rows.append({"config": label, **gsmswarm_run(f"{at}-{dtype}-{batch}", args, out, pythonpath=tree,
+                                                                 batch_size=int(batch), dtype=dtype)})
         for config in filter(None, args.lm_eval.split(",")):
             print(f"running lm-eval {config} ...", file=sys.stderr, flush=True)
             dtype, batch = config.split(":")

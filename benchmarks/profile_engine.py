@@ -1,0 +1,46 @@
+"""Where an evaluation run's CPU time goes: `torch.profiler` over the engine solving the first N test problems
+(model load excluded), the operators with the largest self CPU time and their share of all of it.
+
+    .venv/bin/python benchmarks/profile_engine.py --model qwen2.5-coder-0.5b --dtype bfloat16 --limit 32
+"""
+import argparse
+import tempfile
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from gsmswarm.config import GenerationConfig, RunConfig
+from gsmswarm.engine import run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--method", default="cot")
+    p.add_argument("--prompt", help="prompt file (default: the method's)")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=32, help="first N test problems")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--top", type=int, default=8, help="operators listed")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as out:
+        config = RunConfig(backend="local", model=args.model, method=args.method, prompt=args.prompt,
+                           limit=args.limit, output_dir=out, dtype=args.dtype, batch_size=args.batch_size)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            summary = run(config, GenerationConfig(max_new_tokens=args.max_new_tokens))
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"\n{args.method}, {args.model}, {args.dtype}, batch {args.batch_size}, first {args.limit} test problems, "
+          f"{args.max_new_tokens} new tokens at most; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{summary['metrics']['answer']['correct']} correct\n")
+    print("| operator | calls | self CPU s | share | ms per call |")
+    print("|---|---|---|---|---|")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+        print(f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.1f} | "
+              f"{e.self_cpu_time_total / total:.0%} | {e.self_cpu_time_total / e.count / 1e3:.2f} |")
+    print(f"| all operators | | {total / 1e6:.1f} | 100% | |")
+
+
+if __name__ == "__main__":
+    main()
