@@ -12,6 +12,7 @@ records.
     .venv/bin/python benchmarks/throughput.py --lm-eval float32:8,bfloat16:16   # installs lm-eval in .cache/
     .venv/bin/python benchmarks/throughput.py --backend petals --configs float32:1,float32:4 --limit 8
     .venv/bin/python benchmarks/throughput.py --configs b69cd65@bfloat16:32,bfloat16:32 --limit 32   # engine vs engine
+    .venv/bin/python benchmarks/throughput.py --prompt cot_zeroshot --stop $'\nQ:' --max-new-tokens 320 ...  # long answers
 """
 import argparse
 import contextlib
@@ -68,6 +69,7 @@ def gsmswarm_run(label, args, out: Path, pythonpath=None, batch_size=None, dtype
            "--model", args.model, "--limit", str(args.limit), "--output-dir", str(out / label)]
     cmd += [arg for flag in ("prompt", "max_new_tokens") if getattr(args, flag)
             for arg in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
+    cmd += ["--stop", *args.stop] if args.stop else []
     if args.method == "self_consistency":
         cmd += ["--samples", str(args.samples), "--temperature", "0.7"]
     if batch_size:
@@ -123,6 +125,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=64, help="first N test problems")
     p.add_argument("--prompt", help="prompt file for the engine's runs (default: the method's)")
     p.add_argument("--max-new-tokens", type=int, help="token limit for the engine's runs (default: the method's)")
+    p.add_argument("--stop", nargs="+", help="stop strings for the engine's runs (default: the method's)")
     p.add_argument("--before", default="2113b37", help="commit whose CLI is the one-problem-at-a-time baseline")
     p.add_argument("--configs", default="before,float32:1,float32:32,bfloat16:32",
                    help="comma-separated: 'before', or [COMMIT@]DTYPE:BATCH_SIZE for the engine (at COMMIT: the "
@@ -134,7 +137,7 @@ def main() -> None:
     commit, rows = git_commit(), []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for config in args.configs.split(","):
+        for i, config in enumerate(args.configs.split(",")):
             print(f"running {config} ...", file=sys.stderr, flush=True)
             if config == "before":
                 with worktree(out, args.before) as tree:
@@ -145,7 +148,7 @@ def main() -> None:
                 dtype, batch = config.split(":")
                 label = f"engine{' at ' + at if at else ''}, batch {batch}, {dtype}"
                 with worktree(out, at) as tree:
-                    rows.append({"config": label, **gsmswarm_run(f"{at}-{dtype}-{batch}", args, out, pythonpath=tree,
+                    rows.append({"config": label, **gsmswarm_run(f"{i}-{at}-{dtype}-{batch}", args, out, pythonpath=tree,
                                                                  batch_size=int(batch), dtype=dtype)})
         for config in filter(None, args.lm_eval.split(",")):
             print(f"running lm-eval {config} ...", file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
 """The GSM8K answer contract: gold after `####`, the model's final number, and whether they agree.
 
-Two extraction filters are kept side by side in every record (as lm-evaluation-harness does), so format
-failures show apart from reasoning failures: `strict` accepts only "The answer is N" / "#### N";
-`flexible` takes the last number anywhere. `extract_answer` is strict first, flexible as the fallback.
+Three extraction filters are kept side by side in every record (as lm-evaluation-harness does), so format
+failures show apart from reasoning failures: `strict` accepts only "The answer is N" / "#### N" (the
+few-shot exemplars' form); `boxed` the last `\boxed{...}` holding a number (the form Qwen's own instruction
+asks for: "put your final answer within \boxed{}"); `flexible` takes the last number anywhere.
+`extract_answer` tries them in that order, so a record graded before `boxed` existed keeps its answer.
 """
 import re
 from decimal import Decimal, InvalidOperation
@@ -14,6 +16,7 @@ _NUMBER = r"-?(?:\$\s*)?(?:\d[\d,]*\.?\d*|\.\d+)"
 _STRICT_RE = re.compile(rf"(?:The answer is|####)\s*:?\s*({_NUMBER})", re.IGNORECASE)
 _NUMBER_RE = re.compile(_NUMBER)
 CALC_RE = re.compile(r"<<[^>]*>>")  # calculator annotations such as <<16-3-4=9>>
+_FRAC_RE = re.compile(r"\\d?frac\{(\d+)\}\{(\d+)\}")
 
 
 def _normalise(number: str) -> str:
@@ -32,6 +35,24 @@ def _strict(completion: str) -> str:
     return _normalise(matches[0]) if matches else INVALID
 
 
+def _boxed(completion: str) -> str:
+    r"""The last number inside the last `\boxed{...}` (braces balanced): `\boxed{\$1,200}` is 1200,
+    `\boxed{18 \text{ eggs}}` 18, `\boxed{\frac{3}{4}}` 0.75."""
+    start = completion.rfind("\\boxed{")
+    if start < 0:
+        return INVALID
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(completion)):
+        depth += {"{": 1, "}": -1}.get(completion[j], 0)
+        if depth == 0:
+            inside = completion[i + 1:j].replace("\\$", "$")
+            frac = _FRAC_RE.fullmatch(inside.strip())
+            if frac:
+                return _normalise(str(Decimal(frac[1]) / Decimal(frac[2]))) if Decimal(frac[2]) else INVALID
+            return _flexible(inside)
+    return INVALID  # cut off inside the box
+
+
 def _flexible(completion: str) -> str:
     matches = _NUMBER_RE.findall(CALC_RE.sub("", completion))
     for m in reversed(matches):
@@ -41,7 +62,7 @@ def _flexible(completion: str) -> str:
     return INVALID
 
 
-FILTERS = {"strict": _strict, "flexible": _flexible}  # name -> completion -> pred; recorded per completion
+FILTERS = {"strict": _strict, "boxed": _boxed, "flexible": _flexible}  # name -> completion -> pred, per completion
 
 
 def gold_answer(answer_field: str) -> str:
@@ -56,11 +77,15 @@ def gold_answer(answer_field: str) -> str:
 
 
 def extract_answer(completion: Optional[str]) -> str:
-    """The model's final number: the strict form if present, else the last number, else INVALID."""
+    """The model's final number: the strict form if present, else the boxed one, else the last number, else
+    INVALID."""
     if not completion:
         return INVALID
-    strict = _strict(completion)
-    return strict if strict != INVALID else _flexible(completion)
+    for read in FILTERS.values():
+        pred = read(completion)
+        if pred != INVALID:
+            return pred
+    return INVALID
 
 
 def number_answer(value: str) -> str:

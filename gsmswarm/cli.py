@@ -67,13 +67,14 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     from .backends import open_backend
     from .convert import resolve_model
     from .data import load_split
-    from .prompts import load_prompt, render
+    from .prompts import chat_generation, load_prompt, render
 
     if config.soft_prompt:
         raise UserError("--soft-prompt: parity compares the model's own greedy tokens, without a soft prompt")
     model_path = resolve_model(config.model)
-    prompts = [render(load_prompt(config.prompt), question=p.question)
-               for p in load_split(config.split, config.limit or 3)]
+    template = load_prompt(config.prompt, model_path)
+    gen = chat_generation(template, gen)
+    prompts = [render(template, question=p.question) for p in load_split(config.split, config.limit or 3)]
     with open_backend("local", model_path, (), None, device=config.device, dtype=config.dtype) as local:
         expected = [local.generate(p, gen)[0].token_ids for p in prompts]
     mismatches = 0

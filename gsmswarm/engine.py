@@ -39,16 +39,17 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     from .convert import resolve_model
     from .data import load_split
     from .methods import SAMPLING_METHODS, get_method
-    from .prompts import check_slots, load_prompt, prompt_hash
+    from .prompts import chat_generation, check_slots, load_prompt, prompt_hash
     from .report import summarize_run
     from .results import ResultsWriter, git_commit, run_name
 
     method = get_method(config.method)
     if config.method in SAMPLING_METHODS and gen.n < 2:
         raise UserError(f"--method {config.method} needs --samples k >= 2 (and --temperature > 0)")
-    template = load_prompt(config.prompt)
-    check_slots(template, config.prompt, method.SLOTS, f"--method {config.method}", f" (its prompt: {method.PROMPT})")
     model_path = resolve_model(config.model)
+    template = load_prompt(config.prompt, model_path)
+    check_slots(template, config.prompt, method.SLOTS, f"--method {config.method}", f" (its prompt: {method.PROMPT})")
+    gen = chat_generation(template, gen)
     resolve_device(config.device)  # --device cuda without CUDA: one line before any file is opened
     problems = load_split(config.split, config.limit)
     soft_prompt = None

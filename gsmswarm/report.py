@@ -64,13 +64,13 @@ def _ci(m: Dict[str, float]) -> str:
 
 
 def format_table(summaries: List[dict]) -> str:
-    """One line per run: accuracy with its 95% interval, both filters, invalid and truncated rates, speed, and
+    """One line per run: accuracy with its 95% interval, each filter's, invalid and truncated rates, speed, and
     the problems recorded as backend errors (not graded)."""
-    rows = [("run", "n", "acc", "95% CI", "strict", "flexible", "invalid", "trunc", "s/problem", "errors")]
+    rows = [("run", "n", "acc", "95% CI", "strict", "boxed", "flexible", "invalid", "trunc", "s/problem", "errors")]
     for s in summaries:
         m = s["metrics"]["answer"]
         rows.append((s["run_id"], str(m["n"]), f"{m['accuracy']:.3f}", _ci(m),
-                     *(f"{s['metrics'][f]['accuracy']:.3f}" if f in s["metrics"] else "-" for f in ("strict", "flexible")),
+                     *(f"{s['metrics'][f]['accuracy']:.3f}" if f in s["metrics"] else "-" for f in FILTERS),
                      f"{m['invalid_rate']:.2f}", f"{s['truncated_rate']:.2f}",
                      f"{s['generation_s'] / max(m['n'], 1):.1f}", str(s.get("n_backend_errors", 0))))
     return text_table(rows)

@@ -121,10 +121,13 @@ def unfinished(folder) -> Optional[str]:
     return None if done >= steps else f"soft prompt {folder} trained {done} of {steps} steps so far"
 
 
-def target_text(problem: Problem) -> str:
-    """What the model learns to write after 'A:': the solution as an exemplar would show it, then the
-    exemplars' separator, so a tuned prompt ends its answers where CoT's stop strings cut them."""
-    return f" {problem.chain_of_thought}\n\n"
+def target_ids(problem: Problem, template, tokenizer) -> List[int]:
+    """What the model learns to write. After a plain prompt's 'A:': the solution as an exemplar shows it, then
+    the exemplars' separator, so a tuned prompt ends its answers where CoT's stop strings cut them. After a chat
+    prompt's assistant header: the solution as the answer turn, then the model's end-of-turn token."""
+    if getattr(template, "chat", False):
+        return tokenizer(problem.chain_of_thought, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return tokenizer(f" {problem.chain_of_thought}\n\n", add_special_tokens=False).input_ids
 
 
 def encode_example(problem: Problem, template: str, tokenizer, max_length: int,
@@ -134,8 +137,7 @@ def encode_example(problem: Problem, template: str, tokenizer, max_length: int,
     the slot of a rag template (`--context rag`, see `rag_context`)."""
     slots = {} if exemplars is None else {"exemplars": exemplars}
     prompt_ids = tokenizer(render(template, question=problem.question, **slots)).input_ids
-    target_ids = tokenizer(target_text(problem), add_special_tokens=False).input_ids
-    return (prompt_ids + target_ids)[:max_length], len(prompt_ids)
+    return (prompt_ids + target_ids(problem, template, tokenizer))[:max_length], len(prompt_ids)
 
 
 def make_batch(examples: List[Tuple[List[int], int]], pad_id: int):
@@ -188,15 +190,16 @@ def training_problems() -> List[Problem]:
     return [p for p in load_split("train") if p.idx not in dev]
 
 
-def rag_context(problems: List[Problem], k: int, index=None, cache: Optional[Path] = None) -> dict:
+def rag_context(problems: List[Problem], k: int, template, index=None, cache: Optional[Path] = None) -> dict:
     """Per training or dev problem (by idx), the exemplars `--method rag` would show it: its k nearest
-    training problems, never itself, the nearest last (`index`: the embedded embedder's, by default).
+    training problems, never itself, the nearest last, written as `template` writes exemplars (`index`: the
+    embedded embedder's, by default).
     `cache` (the run folder's rag_context.json) keeps the retrieved train idx, nearest first: a resume reads
     them rather than querying the index once per problem (7,505 queries, ~8 min), and they record what the
     training saw."""
     from tqdm import tqdm
 
-    from .methods.rag import exemplar
+    from .methods.rag import exemplars
     from .results import write_json
     from .retrieval import open_index
 
@@ -212,7 +215,7 @@ def rag_context(problems: List[Problem], k: int, index=None, cache: Optional[Pat
         if cache is not None:
             write_json(cache, nearest)
     train = {p.idx: p for p in load_split("train")}
-    return {idx: "".join(exemplar(train[i]) for i in reversed(ids)) for idx, ids in nearest.items()}
+    return {idx: exemplars([train[i] for i in reversed(ids)], template) for idx, ids in nearest.items()}
 
 
 def folder_name(config: TuningConfig) -> str:
@@ -257,17 +260,17 @@ def train(config: TuningConfig) -> Path:
 
     name = folder_name(config)
     folder = Path(config.output_dir) / name
-    template = load_prompt(config.prompt)
+    model_path = resolve_model(config.model)
+    template = load_prompt(config.prompt, model_path)
     check_slots(template, config.prompt, {"exemplars", "question"} if config.context == "rag" else {"question"},
                 f"--context {config.context}")
-    model_path = resolve_model(config.model)
     meta = {**as_dict(config), "name": name, "prompt_hash": prompt_hash(template)}
     checkpoint = _read_checkpoint(folder, meta)
     folder.mkdir(parents=True, exist_ok=True)
 
     train_problems = training_problems()
     dev_problems = load_split("dev", config.dev_limit)
-    context = (rag_context(train_problems + dev_problems, config.rag_k, cache=folder / CONTEXT_FILE)
+    context = (rag_context(train_problems + dev_problems, config.rag_k, template, cache=folder / CONTEXT_FILE)
                if config.context == "rag" else {})
     with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
                       CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype) as backend:

@@ -58,3 +58,36 @@ def test_every_upstream_gold_parses():
 def test_is_correct():
     assert is_correct("so the answer is 2125", "#### 2,125")
     assert not is_correct("The answer is 2124.", "#### 2,125")
+
+
+@pytest.mark.parametrize("completion, boxed, answer", [
+    ("So she pays 3 * 6 = 18.\n\nThe final answer is \\boxed{18}.", "18", "18"),
+    ("\\boxed{\\$1,200}", "1200", "1200"),
+    ("$$\\boxed{18 \\text{ eggs}}$$", "18", "18"),
+    ("\\boxed{\\frac{3}{4}}", "0.75", "0.75"),
+    ("First \\boxed{5}, then corrected: \\boxed{6}", "6", "6"),  # the last box
+    ("The answer is 5. So \\boxed{6}", "6", "5"),  # the exemplars' form first: committed records keep their answer
+    ("\\boxed{12", INVALID, "12"),  # cut off inside the box: the last number
+    ("no box here: 7", INVALID, "7"),
+])
+def test_boxed_filter_reads_the_last_box(completion, boxed, answer):
+    assert FILTERS["boxed"](completion) == boxed
+    assert extract_answer(completion) == answer
+
+
+def test_every_committed_completion_keeps_its_graded_answer():
+    """Adding a filter must not regrade the study: every committed text completion gets the answer its record has."""
+    from gsmswarm.config import REPO_DIR
+    from gsmswarm.results import read_records
+
+    checked = 0
+    for path in sorted((REPO_DIR / "method_results").glob("*/*.jsonl")):
+        if path.parent.name == "pal":  # PAL's answer is its program's value, not read from text
+            continue
+        for record in read_records(path):
+            if record.get("error"):
+                continue
+            graded = record["preds"].get("answer") or [record["pred"]]  # early records: one completion, its pred
+            assert [extract_answer(c) for c in record["completions"]] == graded, (path, record["idx"])
+            checked += len(record["completions"])
+    assert checked > 30_000

@@ -30,7 +30,7 @@ def test_run_writes_records_and_summary_then_resumes(swarm, tmp_path):
     assert [r["idx"] for r in records] == [0, 1]
     r = records[0]
     assert r["gold"] == "18" and r["backend"] == "petals" and r["model"] == "smollm2-135m"
-    assert set(r["preds"]) == {"answer", "strict", "flexible"} and len(r["completions"]) == 1
+    assert set(r["preds"]) == {"answer", "strict", "boxed", "flexible"} and len(r["completions"]) == 1
     assert r["n_prompt_tokens"] > 500 and 0 < r["n_completion_tokens"][0] <= 32 and r["latency_s"] > 0
     summary = json.loads((out / "cot" / f"{RUN}.summary.json").read_text())
     assert summary["metrics"]["answer"]["n"] == 2 and summary["config"]["gen"]["max_new_tokens"] == 32
@@ -269,3 +269,16 @@ def test_backend_errors_are_recorded_apart_and_retried_with_a_flag(tmp_path, mon
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: problem 6: ") and "3 problems in a row" in last and "--retry-errors" in last
     assert [r["idx"] for r in read_records(path) if r["error"]] == [4, 5, 6]
+
+
+def test_a_chat_prompt_runs_in_the_models_own_format_and_ends_at_its_turn(tmp_path, model_path):
+    out = tmp_path / "results"
+    done = cli("run", "--backend", "local", "--prompt", "chat_zeroshot", "--limit", "2", "--max-new-tokens", "24",
+               "--output-dir", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [path] = (out / "cot").glob("*.jsonl")
+    assert "__chat_zeroshot__" in path.name
+    r = read_records(path)[0]
+    assert r["gen"]["stop"] == [] and r["gen"]["max_new_tokens"] == 24  # no blank-line stop; the user's limit kept
+    assert r["prompt_hash"] == prompt_hash(load_prompt("chat_zeroshot", model_path))  # the template as rendered
+    assert set(r["preds"]) == {"answer", "strict", "boxed", "flexible"}

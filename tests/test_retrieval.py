@@ -77,29 +77,30 @@ def test_a_training_question_can_exclude_itself(index_dir):
 
 
 def test_rag_context_for_training_shows_what_rag_shows_and_never_the_problem_itself(index_dir, tmp_path):
-    from gsmswarm.methods.rag import exemplar
     from gsmswarm.tuning import encode_example, rag_context
 
     index = open_index(store_dir=index_dir, limit=LIMIT)
     problems = load_split("train", 3)
     cache = tmp_path / "rag_context.json"
-    context = rag_context(problems, 2, index, cache)
+    template = load_prompt("rag_cot")
+    context = rag_context(problems, 2, template, index, cache)
     for p in problems:
         shown = index.query(p.question, 2, exclude_idx=p.idx)
-        assert context[p.idx] == exemplar(shown[1].problem) + exemplar(shown[0].problem)  # nearest last
+        assert context[p.idx] == "".join(f"Q: {n.problem.question}\nA: {n.problem.chain_of_thought}\n\n"
+                                         for n in (shown[1], shown[0]))  # nearest last, as cot_8shot shows them
         assert p.question not in context[p.idx]
     assert json.loads(cache.read_text()) == {str(p.idx): [n.idx for n in index.query(p.question, 2, exclude_idx=p.idx)]
                                              for p in problems}
-    assert rag_context(problems, 2, index=object(), cache=cache) == context  # a resume reads, never queries
+    assert rag_context(problems, 2, template, index=object(), cache=cache) == context  # a resume reads, never queries
     cache.write_text('{"0": [1,')
     with pytest.raises(UserError, match=r"rag_context.json: unreadable .*delete it to retrieve the exemplars again"):
-        rag_context(problems, 2, index, cache)
+        rag_context(problems, 2, template, index, cache)
 
     class Tok:  # characters as tokens: enough to see what the prompt holds
         def __call__(self, text, add_special_tokens=True):
             return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
 
-    ids, n_prompt = encode_example(problems[0], load_prompt("rag_cot"), Tok(), 10_000, context[0])
+    ids, n_prompt = encode_example(problems[0], template, Tok(), 10_000, context[0])
     prompt = "".join(map(chr, ids[:n_prompt]))
     assert context[0] in prompt and prompt.endswith(f"Q: {problems[0].question}\nA:")
 

@@ -14,18 +14,34 @@ import torch
 from conftest import cli
 from gsmswarm.config import GenerationConfig, TuningConfig, UserError
 from gsmswarm.data import Problem, dev_indices, load_split
-from gsmswarm.prompts import load_prompt
+from gsmswarm.prompts import Template, load_prompt
 from gsmswarm.results import read_records
 from gsmswarm.tuning import (SoftPrompt, Tunable, batch_order, encode_example, init_soft_prompt, load_soft_prompt,
-                             make_batch, read_train_log, save_soft_prompt, solution_loss, target_text,
+                             make_batch, read_train_log, save_soft_prompt, solution_loss, target_ids,
                              training_problems)
 
 PROBLEM = Problem(0, "Tom has 3 apples and buys 2 more. How many apples does he have?",
                   "He has 3+2=<<3+2=5>>5 apples.\nSo he has 5 in all.\n#### 5", "5")
 
 
+class _CharTokenizer:
+    """Characters as token ids, and -1 as the end of a turn: enough to read what a target holds."""
+    eos_token_id = -1
+
+    def __call__(self, text, add_special_tokens=True):
+        return type("Encoding", (), {"input_ids": [ord(c) for c in text]})()
+
+
 def test_target_is_one_paragraph_without_calculator_annotations():
-    assert target_text(PROBLEM) == " He has 3+2=5 apples. So he has 5 in all. The answer is 5.\n\n"
+    ids = target_ids(PROBLEM, load_prompt("qa_zeroshot"), _CharTokenizer())
+    assert "".join(map(chr, ids)) == " He has 3+2=5 apples. So he has 5 in all. The answer is 5.\n\n"
+
+
+def test_a_chat_target_is_the_answer_turn_ended_by_the_end_of_turn_token():
+    chat = Template("<user>{question}<assistant>")
+    chat.chat = True
+    ids = target_ids(PROBLEM, chat, _CharTokenizer())
+    assert ids[-1] == -1 and "".join(map(chr, ids[:-1])) == "He has 3+2=5 apples. So he has 5 in all. The answer is 5."
 
 
 def test_batch_masks_solution_tokens_only_and_pads_on_the_right():

@@ -2,7 +2,8 @@
 exemplars of a chain-of-thought prompt (DSPy's KNNFewShot), in place of the 8 fixed exemplars of Wei et al.
 
 Exemplars are written exactly as in `prompts/cot_8shot.txt` (`Q:`/`A:`, the steps as one paragraph, "The
-answer is N.", a blank line between), so RAG differs from fixed few-shot CoT only in which problems are shown.
+answer is N.", a blank line between), so RAG differs from fixed few-shot CoT only in which problems are shown;
+a chat prompt's `[exemplars]` makes each one a user turn and an assistant turn (`prompts.Template`).
 With `--soft-prompt` this is prompt tuning + RAG. Each record keeps the retrieved ids and distances.
 """
 from ..data import Problem
@@ -29,14 +30,15 @@ def setup(config) -> dict:
     return {"index": index, "k": config.rag_k, "order": config.rag_order, "exclude_self": config.split != "test"}
 
 
-def exemplar(problem: Problem) -> str:
-    return f"Q: {problem.question}\nA: {problem.chain_of_thought}\n\n"
+def exemplars(problems, template) -> str:
+    """Solved problems as the template writes an exemplar: `Q:`/`A:` text, or turns of a chat prompt."""
+    return "".join(template.exemplar(p.question, p.chain_of_thought) for p in problems)
 
 
-def solve(problem: Problem, backend, template: str, gen, index, k: int, order: str, exclude_self: bool):
+def solve(problem: Problem, backend, template, gen, index, k: int, order: str, exclude_self: bool):
     neighbours = index.query(problem.question, k, exclude_idx=problem.idx if exclude_self else None)
     shown = neighbours[::-1] if order == "nearest_last" else neighbours
-    prompt = render(template, exemplars="".join(exemplar(n.problem) for n in shown), question=problem.question)
+    prompt = render(template, exemplars=exemplars([n.problem for n in shown], template), question=problem.question)
     record = yield from complete(prompt, problem, backend, gen)
     record["retrieved"] = [{"idx": n.idx, "distance": round(n.distance, 4)} for n in neighbours]  # nearest first
     return record
