@@ -158,12 +158,17 @@ def sdpa(q, keys, values, mask):
 
 def grouped_matmul(q, keys, values, mask):
     """Attention as two batched matmuls in the input dtype with the softmax in float32: each KV head's query
-    heads are stacked as rows of one matmul, so grouped keys are read once and never expanded."""
+    heads are stacked as the columns of one matmul, so grouped keys are read once and never expanded. The scores
+    are computed as keys @ queries^T, [.., L, heads of the group], since the cache's keys are a strided view
+    ([slots, kv_heads, capacity, d] cut at L) that a batched matmul reads as they are but copies whole when
+    transposed (2.6 of 3.5 ms at 32 rows over 900 positions in bf16)."""
     r, heads, t, d = q.shape
     kv, length = keys.shape[1], keys.shape[2]
     g = heads // kv
-    q = q.reshape(r, kv, g * t, d)  # query head h uses KV head h // g: the heads of one group are adjacent
-    scores = torch.matmul(q, keys.transpose(-1, -2)).float().view(r, kv, g, t, length)
+    q = q.reshape(r * kv, g * t, d)  # query head h uses KV head h // g: the heads of one group are adjacent
+    scores = torch.bmm(keys.reshape(r * kv, length, d), q.transpose(1, 2)).transpose(1, 2)
+    # to float32 and to [.., heads, L] in one copy, so that the softmax runs along contiguous memory
+    scores = scores.to(torch.float32, memory_format=torch.contiguous_format).view(r, kv, g, t, length)
     scores = scores.mul_(d ** -0.5).masked_fill_(~mask[:, :, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(values.dtype).view(r, kv, g * t, length)
-    return torch.matmul(probs, values).view(r, heads, t, d)
+    probs = torch.softmax(scores, dim=-1).to(values.dtype).view(r * kv, g * t, length)
+    return torch.bmm(probs, values.reshape(r * kv, length, d)).view(r, heads, t, d)
