@@ -1,4 +1,4 @@
-"""Command line: `python -m gsmswarm {run,study,parity,train-prompt,build-index,summarize,convert} --help`.
+"""Command line: `python -m gsmswarm {run,study,select,parity,train-prompt,build-index,summarize,convert} --help`.
 
 Generation is started here (`run` calls `gsmswarm.engine.run`); notebooks read what it writes. Flags map 1:1
 onto the fields of `RunConfig` and `GenerationConfig` (`--max-new-tokens` is `max_new_tokens`); an unknown flag
@@ -156,6 +156,37 @@ def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
         print(format_table([run(config, gen)]))
 
 
+def select(model: str, list_only: bool, markdown: Optional[str]) -> None:
+    """The chat regime's dev selection: run the missing candidates (each resumable) unless only a table is asked
+    for, then print the table and the variant chosen per method; with `markdown`, rewrite that file's table."""
+    from .report import markdown_table, recompute, replace_generated, text_table
+    from .results import run_name
+    from .selection import (CANDIDATES, MARKERS, OUTPUT_DIR, RULE, candidate_config, candidate_summaries, choose,
+                            selection_rows)
+
+    if markdown and not Path(markdown).is_file():
+        raise UserError(f"--markdown {markdown}: no such file")
+    if not (list_only or markdown):
+        from .engine import run
+
+        for c in CANDIDATES:
+            print(f"[{c.method}] {c.label}")
+            run(*candidate_config(c, model=model))
+    found = candidate_summaries(recompute(OUTPUT_DIR) if Path(OUTPUT_DIR).is_dir() else [], model=model)
+    if list_only:
+        for c in CANDIDATES:
+            done = found[c.label]["metrics"]["answer"]["n"] if c.label in found else 0
+            print(f"{c.method:12} {done:3}/{candidate_config(c)[0].limit}  {run_name(*candidate_config(c, model=model))}")
+        return
+    rows = selection_rows(found)
+    print(text_table(rows))
+    print("".join(f"chosen for {m}: {label}\n" for m, label in choose(found).items()) + f"rule: {RULE}")
+    if markdown:
+        table = f"**{model}**, {len(found)} of {len(CANDIDATES)} candidates run:\n\n" + markdown_table(rows)
+        Path(markdown).write_text(replace_generated(Path(markdown).read_text(), table, markdown, MARKERS))
+        print(f"{markdown}: selection table rewritten from the records")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and flag (tests parse the README's commands with it, without running them)."""
     parser = _Parser(prog="python -m gsmswarm", description=__doc__,
@@ -183,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_sum.add_argument("--output-dir", default="method_results", help="folder written by `run`")
     p_sum.add_argument("--markdown", metavar="FILE", help="also rewrite the results part of FILE (between its "
                        "'<!-- results: ... -->' and '<!-- results end -->' lines) as markdown tables, e.g. README.md")
+    p_sel = sub.add_parser("select", help="the chat regime's dev selection: run each method's prompt variants on "
+                                          "200 dev problems (resumable) and print which one is strongest")
+    p_sel.add_argument("--model", default="qwen2.5-coder-0.5b", help="model whose variants are selected")
+    p_sel.add_argument("--list", action="store_true", help="print each candidate's run and how far it got; run nothing")
+    p_sel.add_argument("--markdown", metavar="FILE", help="run nothing; rewrite the table part of FILE (between "
+                       "its results markers), e.g. docs/chat_regime.md")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
     _add_dataclass_flags(p_tune, TuningConfig)
     _add_data_flag(p_tune)
@@ -223,6 +260,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command == "summarize":
             summarize(args.output_dir, args.markdown)
+            return 0
+        if args.command == "select":
+            select(args.model, args.list, args.markdown)
             return 0
         if args.command == "train-prompt":
             from .tuning import train

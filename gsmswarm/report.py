@@ -4,7 +4,7 @@ A run's summary is recomputed from its records (never edited by hand) and saved 
 `<run>.summary.json` with the resolved config, so every figure can say how it was made.
 """
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from .answers import FILTERS
 from .config import RunConfig, UserError
@@ -127,13 +127,13 @@ def study_markdown(results: Dict[str, dict]) -> str:
     return "\n\n".join(parts)
 
 
-def replace_generated(text: str, generated: str, where: str) -> str:
-    """`text` with the part between MARKERS replaced by `generated`; `where` names the file in the error."""
-    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+def replace_generated(text: str, generated: str, where: str, markers: Tuple[str, str] = MARKERS) -> str:
+    """`text` with the part between `markers` replaced by `generated`; `where` names the file in the error."""
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
-        raise UserError(f"--markdown {where}: no results markers in it (a line '{MARKERS[0]}', later a line "
-                        f"'{MARKERS[1]}')")
-    return text[:start + len(MARKERS[0])] + "\n\n" + generated + "\n\n" + text[end:]
+        raise UserError(f"--markdown {where}: no results markers in it (a line '{markers[0]}', later a line "
+                        f"'{markers[1]}')")
+    return text[:start + len(markers[0])] + "\n\n" + generated + "\n\n" + text[end:]
 
 
 def generated_part(text: str) -> str:

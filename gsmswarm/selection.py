@@ -1,0 +1,97 @@
+"""The dev selection of the chat regime: each method's strongest prompt variant, chosen on dev problems only.
+
+The study model is an instruct model prompted, in the first study, in a plain `Q:`/`A:` frame it was not tuned
+on. Before a method is run on the test set in the model's own chat format, its variants (where the instruction
+goes, exemplars as turns or as reference text, how many retrieved exemplars) are run on the same first 200
+dev problems (carved from train; the test set is never read), and the rule below picks one per method. Every
+candidate is an ordinary resumable run under `method_results/dev/`; `python -m gsmswarm select` runs the missing
+ones and prints the table, and `--markdown docs/chat_regime.md` writes it there.
+"""
+import dataclasses
+from typing import Dict, List, NamedTuple, Tuple
+
+from .config import GenerationConfig, RunConfig
+
+OUTPUT_DIR = "method_results/dev"
+COMMON = {"backend": "local", "dtype": "bfloat16", "split": "dev", "limit": 200, "output_dir": OUTPUT_DIR}
+MARKERS = ("<!-- selection: generated from method_results/dev/ by `python -m gsmswarm select --markdown "
+           "docs/chat_regime.md` -->", "<!-- selection end -->")
+RULE = ("the variant with the highest dev accuracy; within one problem of it (0.005 on 200), the one that "
+        "generates fewer tokens")
+
+
+class Candidate(NamedTuple):
+    method: str  # the method family it is a variant of
+    label: str
+    fields: dict  # RunConfig / GenerationConfig fields beside COMMON
+
+
+CANDIDATES = [
+    Candidate("prompt only", "plain CoT 8-shot (the first study's frame)", {"prompt": "cot_8shot"}),
+    Candidate("prompt only", "chat zero-shot, instruction in the user turn", {"prompt": "chat_zeroshot"}),
+    Candidate("prompt only", "chat zero-shot, instruction as the system turn", {"prompt": "chat_zeroshot_system"}),
+    Candidate("prompt only", "chat 8-shot, the exemplars as turns", {"prompt": "chat_8shot"}),
+    *(Candidate("RAG", f"chat, k={k} exemplars as reference text in the user turn",
+                {"method": "rag", "prompt": "chat_rag_context", "rag_k": k}) for k in (2, 4, 8)),
+    *(Candidate("RAG", f"chat, k={k} exemplars as turns", {"method": "rag", "prompt": "chat_rag_turns", "rag_k": k})
+      for k in (2, 4, 8)),
+    Candidate("RAG", "plain RAG k=8 (the first study's frame)", {"method": "rag", "prompt": "rag_cot", "rag_k": 8}),
+]
+
+
+def candidate_config(c: Candidate, **common) -> Tuple[RunConfig, GenerationConfig]:
+    merged = {**COMMON, **common, **c.fields}
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    return (RunConfig(**{k: v for k, v in merged.items() if k in run_keys}),
+            GenerationConfig(**{k: v for k, v in merged.items() if k not in run_keys}))
+
+
+def candidate_summaries(summaries: List[dict], **common) -> Dict[str, dict]:
+    """The candidates run so far, by label (found by their run names, as `run` gives them)."""
+    from .results import run_name
+
+    by_id = {s["run_id"]: s for s in summaries}
+    found = {}
+    for c in CANDIDATES:
+        config, gen = candidate_config(c, **common)
+        if run_name(config, gen) in by_id:
+            found[c.label] = by_id[run_name(config, gen)]
+    return found
+
+
+def choose(found: Dict[str, dict]) -> Dict[str, str]:
+    """Per method family, the label of the variant RULE picks among those run."""
+    chosen = {}
+    for method in dict.fromkeys(c.method for c in CANDIDATES):
+        runs = [(c.label, found[c.label]) for c in CANDIDATES if c.method == method and c.label in found]
+        if not runs:
+            continue
+        best = max(s["metrics"]["answer"]["accuracy"] for _, s in runs)
+        close = [(c, s) for c, s in runs if s["metrics"]["answer"]["accuracy"] >= best - 0.005]
+        chosen[method] = min(close, key=lambda cs: _mean_tokens(cs[1]))[0]
+    return chosen
+
+
+def _mean_tokens(summary: dict) -> float:
+    return summary["n_completion_tokens"] / max(summary["metrics"]["answer"]["n"], 1)
+
+
+def selection_rows(found: Dict[str, dict]) -> List[tuple]:
+    """The table: every candidate run, its accuracy with the 95% interval, each answer filter's accuracy,
+    malformed and truncated answers, output length and time, and which one the rule chose."""
+    from .report import _ci
+
+    chosen = set(choose(found).values())
+    rows = [("method", "variant", "n", "correct", "accuracy [95% CI]", "strict", "boxed", "flexible",
+             "no answer", "truncated", "tokens/answer", "s/problem", "chosen")]
+    for c in CANDIDATES:
+        if c.label not in found:
+            continue
+        s = found[c.label]
+        m = s["metrics"]
+        rows.append((c.method, c.label, str(m["answer"]["n"]), str(m["answer"]["correct"]),
+                     f"{m['answer']['accuracy']:.3f} {_ci(m['answer'])}",
+                     *(f"{m[f]['accuracy']:.3f}" if f in m else "-" for f in ("strict", "boxed", "flexible")),
+                     f"{m['answer']['invalid_rate']:.3f}", f"{s['truncated_rate']:.3f}", f"{_mean_tokens(s):.0f}",
+                     f"{s['generation_s'] / max(m['answer']['n'], 1):.1f}", "**yes**" if c.label in chosen else ""))
+    return rows
