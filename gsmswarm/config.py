@@ -194,8 +194,8 @@ class TuningConfig(BackendConfig):
     seed: int = _help("seed for initialisation order and batches", default=0)
     output_dir: str = _help("soft prompts go to OUTPUT_DIR/<name>/", default="prompt_tuning")
     name: Optional[str] = _help("run folder name (default: <tuning_mode>__<backend>__<model>__v<N>__s<seed>, "
-                                "then __rag<k> with --context rag)",
-                                default=None)
+                                "then __rag<k> with --context rag, then __<prompt> for another prompt than the "
+                                "default)", default=None)
 
     def __post_init__(self):
         super().__post_init__()

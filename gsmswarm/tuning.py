@@ -224,8 +224,9 @@ def folder_name(config: TuningConfig) -> str:
     from .results import model_short
 
     rag = f"__rag{config.rag_k}" if config.context == "rag" else ""
+    prompt = "" if config.prompt == ("rag_cot" if rag else "qa_zeroshot") else f"__{config.prompt}"  # e.g. a chat prompt
     return config.name or (f"{config.tuning_mode}__{config.backend}__{model_short(config.model)}__v{config.num_virtual_tokens}"
-                           f"__s{config.seed}{rag}")
+                           f"__s{config.seed}{rag}{prompt}")
 
 
 def batch_order(n_examples: int, batch_size: int, step: int, seed: int) -> List[int]:
@@ -279,6 +280,9 @@ def train(config: TuningConfig) -> Path:
         run = _Training(config, backend, folder, meta, checkpoint)
         run.record_provenance(model_path, len(train_problems))
         dev_examples = [encode(p) for p in dev_problems]
+        if all(n_prompt >= len(ids) for ids, n_prompt in dev_examples):
+            raise UserError(f"--max-length {config.max_length}: the prompt alone ({config.prompt}) fills it, so no "
+                            f"solution token is left to learn; raise --max-length")
         if run.step == 0:
             run.evaluate(dev_examples)
         bar = tqdm(range(run.step, config.steps), initial=run.step, total=config.steps, desc=name, unit="step",

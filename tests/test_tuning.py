@@ -321,6 +321,27 @@ def test_local_peft_training_cli(tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2] and [r["step"] for r in log if "dev_loss" in r] == [0, 2]
 
 
+def test_a_chat_prompt_trains_in_the_models_format_into_a_folder_of_its_own(tmp_path, model_path):
+    """The soft prompt learns to answer in the chat template's assistant turn: training starts from the rendered
+    chat prompt, and the prompt's name keeps it apart from the plain frame's prompt of the same seed."""
+    from transformers import AutoTokenizer
+
+    from gsmswarm.prompts import render
+
+    short = cli(*TRAIN, "--backend", "local", "--steps", "1", "--prompt", "chat_zeroshot", "--output-dir", str(tmp_path))
+    assert short.returncode == 2 and "--max-length 64: the prompt alone (chat_zeroshot) fills it" in short.stderr
+    done = cli(*TRAIN, "--backend", "local", "--steps", "1", "--prompt", "chat_zeroshot", "--max-length", "256",
+               "--output-dir", str(tmp_path / "long"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "long" / "ptune__local__smollm2-135m__v4__s0__chat_zeroshot"
+    assert [r["step"] for r in read_train_log(folder) if "loss" in r] == [1]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    template = load_prompt("chat_zeroshot", model_path)
+    ids, n_prompt = encode_example(PROBLEM, template, tokenizer, 10_000)
+    assert tokenizer.decode(ids[:n_prompt]) == render(template, question=PROBLEM.question)
+    assert ids[-1] == tokenizer.eos_token_id and tokenizer.decode(ids[n_prompt:-1]).startswith("He has 3+2=5 apples.")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train-prompt", "--backend", "local", "--tuning-mode", "deep_ptune"], "trains through Petals only"),
     (["train-prompt", "--lr", "0"], "--lr must be > 0"),
