@@ -168,10 +168,17 @@ def select(model: str, list_only: bool, markdown: Optional[str]) -> None:
         raise UserError(f"--markdown {markdown}: no such file")
     if not (list_only or markdown):
         from .engine import run
+        from .tuning import unfinished
 
         for c in CANDIDATES:
+            config, gen = candidate_config(c, model=model)
+            if config.soft_prompt and (why := unfinished(config.soft_prompt)):
+                flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"model": model, **c.train}.items())
+                print(f"[{c.method}] {c.label}: skipped, {why}; train it with "
+                      f"python -m gsmswarm train-prompt {flags}")
+                continue
             print(f"[{c.method}] {c.label}")
-            run(*candidate_config(c, model=model))
+            run(config, gen)
     found = candidate_summaries(recompute(OUTPUT_DIR) if Path(OUTPUT_DIR).is_dir() else [], model=model)
     if list_only:
         for c in CANDIDATES:

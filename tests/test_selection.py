@@ -9,7 +9,7 @@ from conftest import cli
 def _summary(c, correct, tokens, n=200):
     metric = {"n": n, "correct": correct, "accuracy": correct / n, "ci_low": 0.0, "ci_high": 1.0, "invalid_rate": 0.0}
     return {"run_id": run_name(*candidate_config(c, model="m")), "n_completion_tokens": tokens * n,
-            "metrics": {"answer": metric, "strict": metric}, "truncated_rate": 0.0, "generation_s": 10.0 * n}
+            "metrics": {"answer": metric, "strict": metric}, "truncated_rate": 0.0}
 
 
 def test_candidates_are_dev_runs_in_bfloat16_and_never_read_the_test_set():
@@ -42,3 +42,14 @@ def test_select_writes_its_table_between_its_markers(tmp_path):
     assert text.startswith("before\n") and text.endswith("after\n")
     missing = cli("select", "--markdown", str(tmp_path / "nope.md"), timeout=60)
     assert missing.returncode == 2 and missing.stderr.strip().endswith("nope.md: no such file")
+
+
+def test_a_prompt_tuning_candidate_evaluates_the_soft_prompt_its_training_makes():
+    from gsmswarm.selection import candidate_training
+    from gsmswarm.tuning import folder_name
+
+    for c in (c for c in CANDIDATES if c.train):
+        config, _ = candidate_config(c, model="qwen2.5-coder-0.5b")
+        training = candidate_training(c, "qwen2.5-coder-0.5b")
+        assert config.soft_prompt.endswith(folder_name(training)) and training.prompt == config.prompt
+        assert folder_name(training).endswith("__chat_zeroshot_system")  # apart from the plain frame's prompts
