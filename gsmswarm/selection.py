@@ -99,11 +99,11 @@ def selection_rows(found: Dict[str, dict]) -> List[tuple]:
     """The table: every candidate run, its accuracy with the 95% interval, each answer filter's accuracy,
     answers with no number, answers cut by the token limit, output length, and which one the rule chose. (No time
     column: a run paused while a benchmark timed the machine counts its pause in its wall time.)"""
-    from .report import _ci
+    from .report import _ci, _commits
 
     chosen = set(choose(found).values())
     rows = [("method", "variant", "n", "correct", "accuracy [95% CI]", "strict", "boxed", "flexible",
-             "no answer", "truncated", "tokens/answer", "chosen")]
+             "no answer", "truncated", "tokens/answer", "chosen", "commits")]
     for c in CANDIDATES:
         if c.label not in found:
             continue
@@ -113,5 +113,5 @@ def selection_rows(found: Dict[str, dict]) -> List[tuple]:
                      f"{m['answer']['accuracy']:.3f} {_ci(m['answer'])}",
                      *(f"{m[f]['accuracy']:.3f}" if f in m else "-" for f in ("strict", "boxed", "flexible")),
                      f"{m['answer']['invalid_rate']:.3f}", f"{s['truncated_rate']:.3f}", f"{_mean_tokens(s):.0f}",
-                     "**yes**" if c.label in chosen else ""))
+                     "**yes**" if c.label in chosen else "", _commits(s)))
     return rows

@@ -9,7 +9,7 @@ from conftest import cli
 def _summary(c, correct, tokens, n=200):
     metric = {"n": n, "correct": correct, "accuracy": correct / n, "ci_low": 0.0, "ci_high": 1.0, "invalid_rate": 0.0}
     return {"run_id": run_name(*candidate_config(c, model="m")), "n_completion_tokens": tokens * n,
-            "metrics": {"answer": metric, "strict": metric}, "truncated_rate": 0.0}
+            "metrics": {"answer": metric, "strict": metric}, "truncated_rate": 0.0, "commits": ["abcdef0123"]}
 
 
 def test_candidates_are_dev_runs_in_bfloat16_and_never_read_the_test_set():
@@ -28,7 +28,7 @@ def test_the_rule_takes_the_best_and_within_one_problem_the_shorter():
     found[zero.label] = _summary(zero, 58, 300)
     assert choose(found) == {"prompt only": system.label}
     rows = selection_rows(found)
-    assert [r[1] for r in rows[1:]] == [zero.label, system.label, few.label] and rows[2][-1] == "**yes**"
+    assert [r[1] for r in rows[1:]] == [zero.label, system.label, few.label] and rows[2][-2] == "**yes**"
 
 
 def test_select_writes_its_table_between_its_markers(tmp_path):
