@@ -161,21 +161,20 @@ def select(model: str, list_only: bool, markdown: Optional[str]) -> None:
     for, then print the table and the variant chosen per method; with `markdown`, rewrite that file's table."""
     from .report import markdown_table, recompute, replace_generated, text_table
     from .results import run_name
-    from .selection import (CANDIDATES, MARKERS, OUTPUT_DIR, RULE, candidate_config, candidate_summaries, choose,
-                            selection_rows)
+    from .selection import (CANDIDATES, COMMON, MARKERS, OUTPUT_DIR, RULE, candidate_config, candidate_summaries,
+                            choose, selection_rows)
 
     if markdown and not Path(markdown).is_file():
         raise UserError(f"--markdown {markdown}: no such file")
     if not (list_only or markdown):
         from .engine import run
+        from .study import training_command
         from .tuning import unfinished
 
         for c in CANDIDATES:
             config, gen = candidate_config(c, model=model)
             if config.soft_prompt and (why := unfinished(config.soft_prompt)):
-                flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"model": model, **c.train}.items())
-                print(f"[{c.method}] {c.label}: skipped, {why}; train it with "
-                      f"python -m gsmswarm train-prompt {flags}")
+                print(f"[{c.method}] {c.label}: skipped, {why}; train it with {training_command(c.train, model)}")
                 continue
             print(f"[{c.method}] {c.label}")
             run(config, gen)
@@ -183,7 +182,7 @@ def select(model: str, list_only: bool, markdown: Optional[str]) -> None:
     if list_only:
         for c in CANDIDATES:
             done = found[c.label]["metrics"]["answer"]["n"] if c.label in found else 0
-            print(f"{c.method:12} {done:3}/{candidate_config(c)[0].limit}  {run_name(*candidate_config(c, model=model))}")
+            print(f"{c.method:12} {done:3}/{COMMON['limit']}  {run_name(*candidate_config(c, model=model))}")
         return
     rows = selection_rows(found)
     print(text_table(rows))

@@ -7,10 +7,9 @@ dev problems (carved from train; the test set is never read), and the rule below
 candidate is an ordinary resumable run under `method_results/dev/`; `python -m gsmswarm select` runs the missing
 ones and prints the table, and `--markdown docs/chat_regime.md` writes it there.
 """
-import dataclasses
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .config import GenerationConfig, RunConfig, TuningConfig
+from .config import GenerationConfig, RunConfig
 
 OUTPUT_DIR = "method_results/dev"
 COMMON = {"backend": "local", "dtype": "bfloat16", "split": "dev", "limit": 200, "output_dir": OUTPUT_DIR}
@@ -47,22 +46,10 @@ CANDIDATES = [
 ]
 
 
-def candidate_training(c: Candidate, model: str) -> Optional[TuningConfig]:
-    return None if c.train is None else TuningConfig(model=model, **c.train)
-
-
 def candidate_config(c: Candidate, **common) -> Tuple[RunConfig, GenerationConfig]:
-    from pathlib import Path
+    from .study import run_configs
 
-    from .tuning import folder_name
-
-    merged = {**COMMON, **common, **c.fields}
-    training = candidate_training(c, merged.get("model", RunConfig.model))
-    if training is not None:
-        merged["soft_prompt"] = str(Path(training.output_dir) / folder_name(training))
-    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
-    return (RunConfig(**{k: v for k, v in merged.items() if k in run_keys}),
-            GenerationConfig(**{k: v for k, v in merged.items() if k not in run_keys}))
+    return run_configs({**COMMON, **common, **c.fields}, c.train)
 
 
 def candidate_summaries(summaries: List[dict], **common) -> Dict[str, dict]:
@@ -70,12 +57,8 @@ def candidate_summaries(summaries: List[dict], **common) -> Dict[str, dict]:
     from .results import run_name
 
     by_id = {s["run_id"]: s for s in summaries}
-    found = {}
-    for c in CANDIDATES:
-        config, gen = candidate_config(c, **common)
-        if run_name(config, gen) in by_id:
-            found[c.label] = by_id[run_name(config, gen)]
-    return found
+    names = {c.label: run_name(*candidate_config(c, **common)) for c in CANDIDATES}
+    return {label: by_id[name] for label, name in names.items() if name in by_id}
 
 
 def choose(found: Dict[str, dict]) -> Dict[str, str]:

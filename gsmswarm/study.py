@@ -62,17 +62,22 @@ CLAIMS = (
 def arm_config(arm: str, **common) -> Tuple[RunConfig, GenerationConfig]:
     """The configs of one arm: `common` (model, backend, limit, device, ...) plus the arm's own fields. The
     local backend unless `common` says otherwise: it is the engine the long runs use."""
+    return run_configs({"backend": "local", **common, **ARMS[arm].fields}, ARMS[arm].train)
+
+
+def run_configs(fields: dict, train: Optional[dict] = None) -> Tuple[RunConfig, GenerationConfig]:
+    """RunConfig and GenerationConfig from one dict of their fields; with `train` (TuningConfig fields), the
+    soft prompt that training makes for this model is the run's `soft_prompt` (the study's arms and the dev
+    selection's candidates are built alike)."""
     from .tuning import folder_name
 
-    common = {"backend": "local", **common}
-    fields = dict(ARMS[arm].fields)
-    training = arm_training(arm, common.get("model", RunConfig.model))
-    if training is not None:
+    fields = dict(fields)
+    if train is not None:
+        training = TuningConfig(model=fields.get("model", RunConfig.model), **train)
         fields["soft_prompt"] = str(Path(training.output_dir) / folder_name(training))
-    merged = {**common, **fields}
     run_keys = {f.name for f in dataclasses.fields(RunConfig)}
-    return (RunConfig(**{k: v for k, v in merged.items() if k in run_keys}),
-            GenerationConfig(**{k: v for k, v in merged.items() if k not in run_keys}))
+    return (RunConfig(**{k: v for k, v in fields.items() if k in run_keys}),
+            GenerationConfig(**{k: v for k, v in fields.items() if k not in run_keys}))
 
 
 def arm_training(arm: str, model: str) -> Optional[TuningConfig]:
@@ -83,7 +88,12 @@ def arm_training(arm: str, model: str) -> Optional[TuningConfig]:
 
 def train_command(arm: str, model: str) -> str:
     """The command line that trains an arm's soft prompt (what `study` tells a user whose prompt is missing)."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"model": model, **ARMS[arm].train}.items())
+    return training_command(ARMS[arm].train, model)
+
+
+def training_command(train: dict, model: str) -> str:
+    """The `train-prompt` command line of these TuningConfig fields for `model`."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"model": model, **train}.items())
     return f"python -m gsmswarm train-prompt {flags}"
 
 

@@ -45,11 +45,11 @@ def test_select_writes_its_table_between_its_markers(tmp_path):
 
 
 def test_a_prompt_tuning_candidate_evaluates_the_soft_prompt_its_training_makes():
-    from gsmswarm.selection import candidate_training
+    from gsmswarm.config import TuningConfig
     from gsmswarm.tuning import folder_name
 
     for c in (c for c in CANDIDATES if c.train):
         config, _ = candidate_config(c, model="qwen2.5-coder-0.5b")
-        training = candidate_training(c, "qwen2.5-coder-0.5b")
+        training = TuningConfig(model="qwen2.5-coder-0.5b", **c.train)
         assert config.soft_prompt.endswith(folder_name(training)) and training.prompt == config.prompt
         assert folder_name(training).endswith("__chat_zeroshot_system")  # apart from the plain frame's prompts

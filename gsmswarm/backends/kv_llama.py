@@ -139,13 +139,12 @@ def _attention(attn, x, cache: SlotCache, layer: int, rows, slot_ids, positions,
 def attend(q, keys, values, mask):
     """softmax(q k^T / sqrt(d)) v for q [R, heads, T, d] over grouped keys and values [R, kv_heads, L, d], where
     `mask` ([R, 1, T, L], True = attend) allows it, by the implementation `benchmarks/attention.py` measured
-    fastest for the case (AMD Zen 4, no AMX, one decode step of 32 rows over 900 positions):
+    fastest for the case (AMD Zen 4, no AMX, one decode step of 32 rows over 900 positions, commit 6568541):
 
     - a decode step (one query per row) in bfloat16 or float16 on a CPU: two grouped matmuls with the softmax in
-      float32 (4.6 ms), where PyTorch's fused CPU kernel (SDPA) takes 31 ms, 5x its own float32 time;
-    - everything else, SDPA: in float32 it is within 1.4x of the matmuls and keeps the committed float32
-      completions bit for bit; a prefill (many queries a row) is 2x faster in SDPA in either dtype; on a GPU
-      SDPA's fused kernels win."""
+      float32 (1.6 ms), where PyTorch's fused CPU kernel (SDPA) takes 22 ms, 4x its own float32 time;
+    - everything else, SDPA: in float32 it keeps the committed float32 completions bit for bit; a prefill (many
+      queries a row) is 2-3x faster in SDPA in either dtype; on a GPU SDPA's fused kernels win."""
     if q.shape[2] == 1 and q.dtype != torch.float32 and q.device.type == "cpu":
         return grouped_matmul(q, keys, values, mask)
     return sdpa(q, keys, values, mask)
