@@ -96,7 +96,7 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     write plots beside the runs; with `markdown`, rewrite that file's generated results part."""
     from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, recompute,
                          replace_generated, study_markdown, study_results, text_table)
-    from .study import comparison_rows, verdict_rows
+    from .study import FAMILIES, comparison_rows, verdict_rows
 
     if markdown and not Path(markdown).is_file():
         raise UserError(f"--markdown {markdown}: no such file")
@@ -108,11 +108,13 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
         print("\n" + comparison_table(runs))
     results = study_results(runs)
     for model, r in results.items():
-        if r["comparisons"]:
-            print(f"\nthe study, {model} (p Holm-adjusted across these {len(r['comparisons'])} comparisons):")
-            print(text_table(verdict_rows(r["claims"])) if r["claims"] else "no claim has all its arms run yet")
-            print("".join(f"{line}\n" for line in r["pending"]), end="")
-            print(text_table(comparison_rows(r["comparisons"])))
+        for name, f in r["families"].items():
+            if f["comparisons"]:
+                print(f"\nthe study, {model}, {FAMILIES[name].title} (p Holm-adjusted across these "
+                      f"{len(f['comparisons'])} comparisons):")
+                print(text_table(verdict_rows(f["claims"])) if f["claims"] else "no claim has all its arms run yet")
+                print("".join(f"{line}\n" for line in f["pending"]), end="")
+                print(text_table(comparison_rows(f["comparisons"])))
         if len(r["swarm"]) > 1:
             print(f"\nthe local runs against the same arms through the swarm, {model}:")
             print(text_table(r["swarm"]))
@@ -131,21 +133,25 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
         print(f"{markdown}: results part rewritten from the records")
 
 
-def study(arms: Sequence[str], common: dict, list_only: bool) -> None:
-    """Run the study's arms in order (every arm an ordinary resumable run); skip an arm whose soft prompt has not
-    been trained to its last step yet, saying how to train it (a rerun of that command resumes)."""
+def study(arms: Sequence[str], family: Optional[str], common: dict, list_only: bool) -> None:
+    """Run the study's arms in order (every arm an ordinary resumable run; all of them, or `family`'s, unless
+    named); skip an arm whose soft prompt has not been trained to its last step yet, saying how to train it (a
+    rerun of that command resumes)."""
     from .report import format_table
     from .results import run_name
-    from .study import ARMS, arm_config, train_command
+    from .study import ARMS, FAMILIES, FAMILY_OF, arm_config, train_command
     from .tuning import unfinished
 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise UserError(f"study: no arm {', '.join(map(repr, unknown))} (arms: {', '.join(ARMS)})")
-    for arm in arms or ARMS:
+    if family and family not in FAMILIES:
+        raise UserError(f"--family {family}: the families are {', '.join(FAMILIES)}")
+    for arm in arms or (FAMILIES[family].arms if family else ARMS):
         config, gen = arm_config(arm, **common)
         if list_only:
-            print(f"{arm:12} {ARMS[arm].label:22} {config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
+            print(f"{FAMILY_OF[arm]:6} {arm:18} {ARMS[arm].label:26} "
+                  f"{config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
             continue
         if config.soft_prompt and (why := unfinished(config.soft_prompt)):
             print(f"[{arm}] skipped: {why}; train it with {train_command(arm, common.get('model', config.model))}")
@@ -209,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "--backend local unless given; the flags below apply to every arm.")
     p_study.add_argument("arms", nargs="*", metavar="ARM", help="arms to run (default: all, in order; see --list)")
     p_study.add_argument("--list", action="store_true", help="print the arms and what each sets, run nothing")
+    p_study.add_argument("--family", help="run only this family's arms: 'plain' (Q:/A: prompts, float32) or 'chat' "
+                                          "(the model's chat template, bfloat16)")
     from .study import ARM_FIELDS
 
     for cls in (RunConfig, GenerationConfig):  # the flags common to every arm; the arms set the rest
@@ -277,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         if args.command == "study":
             names = {f.name for cls in (RunConfig, GenerationConfig) for f in dataclasses.fields(cls)}
-            study(args.arms, {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
+            study(args.arms, args.family, {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
                               if k in names}, args.list)
             return 0
         config, gen = _build(RunConfig, args), _build(GenerationConfig, args)

@@ -11,7 +11,7 @@ from .config import RunConfig, UserError
 from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, load_runs, read_records, write_json
-from .study import (ARMS, comparison_rows, find_arms, pending_claims, shown_arms, swarm_rows, verdict_rows,
+from .study import (ARMS, FAMILIES, comparison_rows, find_arms, pending_claims, shown_arms, swarm_rows, verdict_rows,
                     verdicts)
 
 # The README's results live between these lines, written by `python -m gsmswarm summarize --markdown README.md`
@@ -89,8 +89,9 @@ def _commits(summary: dict) -> str:
 
 def study_results(summaries: List[dict]) -> Dict[str, dict]:
     """The study per model, computed once for the terminal, the README and the forest plot: the arms shown
-    (each arm's local run, or its run through the swarm where only that exists), and from the local runs every
-    comparison of the family, the verdict per claim, and how they agree with the same arms through the swarm."""
+    (each arm's local run, or its run through the swarm where only that exists), per family from the local runs
+    every comparison, the verdict per claim and what is still to run, and how the local runs agree with the same
+    arms through the swarm."""
     out = {}
     for model in sorted({s["config"]["model"] for s in summaries}):
         shown = shown_arms(summaries, model)
@@ -98,29 +99,40 @@ def study_results(summaries: List[dict]) -> Dict[str, dict]:
             continue
         local = {arm: run_records(s) for arm, s in find_arms(summaries, model).items()}
         swarm = {arm: run_records(s) for arm, s in find_arms(summaries, model, backend="petals").items()}
-        comparisons, claims = verdicts(local)
-        out[model] = {"shown": shown, "comparisons": comparisons, "claims": claims, "swarm": swarm_rows(local, swarm),
-                      "pending": pending_claims(claims, local)}
+        families = {}
+        for name, family in FAMILIES.items():
+            if not any(arm in shown for arm in family.arms):
+                continue
+            records = {arm: r for arm, r in local.items() if arm in family.arms}
+            comparisons, claims = verdicts(records, name)
+            families[name] = {"comparisons": comparisons, "claims": claims,
+                              "pending": pending_claims(claims, records, family=name)}
+        out[model] = {"shown": shown, "families": families, "swarm": swarm_rows(local, swarm)}
     return out
 
 
 def study_markdown(results: Dict[str, dict]) -> str:
-    """`study_results` as the README shows it: per model the arms table; where a claim can be judged, the
-    verdicts and every comparison; the swarm agreement."""
+    """`study_results` as the README shows it: per model and family the arms table; where a claim can be judged,
+    the verdicts and every comparison; the swarm agreement."""
     parts = []
     for model, r in results.items():
-        rows = [("arm", "backend", "test problems", "correct", "accuracy [95% CI]", "commits")]
-        for arm, s in r["shown"].items():
-            m = s["metrics"]["answer"]
-            rows.append((ARMS[arm].label, s["config"]["backend"], str(m["n"]), str(m["correct"]),
-                         f"{m['accuracy']:.3f} {_ci(m)}", _commits(s)))
-        parts.append(f"**{model}** (greedy unless stated; float32):\n\n" + markdown_table(rows))
-        if r["claims"]:  # a model with no claim decidable yet (the harness check) shows its arms only
-            parts.append(f"The claims, {model} (paired on the problems both arms finished; Holm-adjusted p across "
-                         f"the {len(r['comparisons'])} comparisons below):\n\n" + markdown_table(verdict_rows(r["claims"]))
-                         + "".join(f"\n\n*{line}.*" for line in r["pending"]))
-            parts.append(f"Every comparison, {model} (difference in accuracy, a minus b, with its paired "
-                         "bootstrap 95% interval; exact McNemar p):\n\n" + markdown_table(comparison_rows(r["comparisons"])))
+        for name, f in r["families"].items():
+            family = FAMILIES[name]
+            rows = [("arm", "backend", "test problems", "correct", "accuracy [95% CI]", "commits")]
+            for arm, s in r["shown"].items():
+                if arm in family.arms:
+                    m = s["metrics"]["answer"]
+                    rows.append((ARMS[arm].label, s["config"]["backend"], str(m["n"]), str(m["correct"]),
+                                 f"{m['accuracy']:.3f} {_ci(m)}", _commits(s)))
+            parts.append(f"**{model}**, {family.title} (greedy unless stated):\n\n" + markdown_table(rows))
+            if f["claims"]:  # a model with no claim decidable yet (the harness check) shows its arms only
+                parts.append(f"The claims, {model}, {family.title} (paired on the problems both arms finished; "
+                             f"Holm-adjusted p across the {len(f['comparisons'])} comparisons below):\n\n"
+                             + markdown_table(verdict_rows(f["claims"]))
+                             + "".join(f"\n\n*{line}.*" for line in f["pending"]))
+                parts.append(f"Every comparison, {model}, {family.title} (difference in accuracy, a minus b, with "
+                             "its paired bootstrap 95% interval; exact McNemar p):\n\n"
+                             + markdown_table(comparison_rows(f["comparisons"])))
         if len(r["swarm"]) > 1:
             parts.append(f"The local runs against the same arms through the Petals swarm, {model}:\n\n"
                          + markdown_table(r["swarm"]))

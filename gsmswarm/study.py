@@ -2,13 +2,17 @@
 
 The question is the seed study's two claims: *prompt tuning beats RAG*, and *prompt tuning and RAG combine*.
 Each *arm* is one run config (what `python -m gsmswarm run` would be given); `python -m gsmswarm study` runs the
-arms in order, each resumable, and `verdicts` turns their records into a verdict per claim. Every comparison is
-paired (the same problems), reports the difference in accuracy with a paired bootstrap 95% interval, and is
-tested with the exact McNemar test, Holm-corrected across the whole family the README reports (each claim's
-comparisons and every arm against chain-of-thought), so a verdict survives having looked at many pairs.
+arms in order, each resumable, and `verdicts` turns their records into a verdict per claim. The arms form two
+*families*, each one model's runs in one dtype and one prompting regime: the first study's plain `Q:`/`A:`
+frames in float32, and the model's own chat template in bfloat16 with every method's variant chosen on dev
+(`gsmswarm.selection`). Comparisons never cross a family. Within one, every comparison is paired (the same
+problems), reports the difference in accuracy with a paired bootstrap 95% interval, and is tested with the exact
+McNemar test, Holm-corrected across the whole family (each claim's comparisons and every arm against the
+family's baseline), so a verdict survives having looked at many pairs.
 
-A claim is *confirmed* when its arm is significantly better than every arm it is claimed to beat, *refuted*
-when it is significantly worse than any of them, and *undecided* otherwise.
+A soft prompt is trained more than once (seeds 1 and 2 beside seed 0): a claim is judged at every seed run, and
+is *confirmed* only when its arm is significantly better than every arm it is claimed to beat at each of them,
+*refuted* when at each seed it is significantly worse than one of them, and *undecided* otherwise.
 """
 import dataclasses
 from pathlib import Path
@@ -18,6 +22,7 @@ from .config import GenerationConfig, RunConfig, TuningConfig
 from .metrics import holm, identical_completions, paired
 
 ALPHA = 0.05
+SEEDS = (0, 1, 2)  # the training seeds of a seeded arm's soft prompt
 
 
 class Arm(NamedTuple):
@@ -26,43 +31,84 @@ class Arm(NamedTuple):
     train: Optional[dict] = None  # the train-prompt settings that make its soft prompt (TuningConfig fields)
 
 
-ARMS = {  # in the order `study` runs them: the claims' arms first
-    "cot": Arm("CoT 8-shot", {"method": "cot"}),
-    "ptune": Arm("PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"}),  # trained through the swarm, 120 steps
-    "rag": Arm("RAG k=8", {"method": "rag"}),
-    "ptune_rag": Arm("PT + RAG", {"method": "rag"}, {"backend": "petals"}),
-    "zeroshot": Arm("zero-shot", {"prompt": "qa_zeroshot"}),  # PT's frame without the soft prompt
-    "pal": Arm("PAL", {"method": "pal"}),
-    "calculator": Arm("calculator CoT", {"method": "calculator"}),
-    # trained behind retrieved exemplars with PEFT: 4 x ~1,500 tokens a step ran past the loopback swarm's
-    # request timeout, and the two backends give the same losses step by step
-    "ragptune_rag": Arm("PT(RAG-trained) + RAG", {"method": "rag"}, {"backend": "local", "context": "rag"}),
-    "deep_ptune": Arm("deep PT", {"prompt": "qa_zeroshot"}, {"backend": "petals", "tuning_mode": "deep_ptune"}),
-    "sc_t0.7": Arm("SC k=8 T=0.7", {"method": "self_consistency", "n": 8, "temperature": 0.7}),
-    "sc_t0.3": Arm("SC k=8 T=0.3", {"method": "self_consistency", "n": 8, "temperature": 0.3}),
-}
-ARM_FIELDS = sorted({k for arm in ARMS.values() for k in arm.fields} | {"soft_prompt"})  # not a common flag
-
-
 class Claim(NamedTuple):
     text: str
     arm: str
     beats: Tuple[str, ...]
 
 
-CLAIMS = (
-    Claim("prompt tuning beats RAG", "ptune", ("rag",)),
-    Claim("deep prompt tuning beats RAG", "deep_ptune", ("rag",)),
-    Claim("prompt tuning and RAG combine", "ptune_rag", ("ptune", "rag")),
-    Claim("prompt tuning and RAG combine (prompt trained behind retrieved exemplars)", "ragptune_rag",
-          ("ptune", "rag")),
-)
+class Family(NamedTuple):
+    title: str  # how tables name it
+    base: str  # the arm every other arm is compared with
+    fields: dict  # what every arm of the family sets (its dtype)
+    arms: Dict[str, Arm]  # in the order `study` runs them: the claims' arms first
+    seeded: Tuple[str, ...]  # arms whose soft prompt is trained with every seed of SEEDS
+    claims: Tuple[Claim, ...]
+
+
+CHAT = {"prompt": "chat_zeroshot_system"}  # the chat regime's strongest prompt-only variant on dev (selection.py)
+FAMILIES = {
+    "plain": Family(
+        "plain `Q:`/`A:` prompts, float32", "cot", {"dtype": "float32"},
+        {"cot": Arm("CoT 8-shot", {"method": "cot"}),
+         "ptune": Arm("PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"}),  # trained through the swarm
+         "rag": Arm("RAG k=8", {"method": "rag"}),
+         "ptune_rag": Arm("PT + RAG", {"method": "rag"}, {"backend": "petals"}),
+         "zeroshot": Arm("zero-shot", {"prompt": "qa_zeroshot"}),  # PT's frame without the soft prompt
+         "pal": Arm("PAL", {"method": "pal"}),
+         "calculator": Arm("calculator CoT", {"method": "calculator"}),
+         # trained behind retrieved exemplars with PEFT: 4 x ~1,500 tokens a step ran past the loopback swarm's
+         # request timeout, and the two backends give the same losses step by step
+         "ragptune_rag": Arm("PT(RAG-trained) + RAG", {"method": "rag"}, {"backend": "local", "context": "rag"}),
+         "deep_ptune": Arm("deep PT", {"prompt": "qa_zeroshot"}, {"backend": "petals", "tuning_mode": "deep_ptune"}),
+         "sc_t0.7": Arm("SC k=8 T=0.7", {"method": "self_consistency", "n": 8, "temperature": 0.7}),
+         "sc_t0.3": Arm("SC k=8 T=0.3", {"method": "self_consistency", "n": 8, "temperature": 0.3})},
+        ("ptune", "ptune_rag", "deep_ptune"),
+        (Claim("prompt tuning beats RAG", "ptune", ("rag",)),
+         Claim("deep prompt tuning beats RAG", "deep_ptune", ("rag",)),
+         Claim("prompt tuning and RAG combine", "ptune_rag", ("ptune", "rag")),
+         Claim("prompt tuning and RAG combine (prompt trained behind retrieved exemplars)", "ragptune_rag",
+               ("ptune", "rag")))),
+    "chat": Family(
+        "the model's chat template, bfloat16", "chat_zeroshot", {"dtype": "bfloat16"},
+        {"chat_zeroshot": Arm("chat zero-shot", CHAT),
+         "chat_ptune": Arm("chat PT", CHAT, {"backend": "petals", **CHAT}),
+         "chat_deep_ptune": Arm("chat deep PT", CHAT, {"backend": "petals", "tuning_mode": "deep_ptune", **CHAT}),
+         # the plain frame's CoT and PT in this family's dtype: what connects the two regimes
+         "cot_bf16": Arm("plain CoT 8-shot", {"method": "cot"}),
+         "ptune_bf16": Arm("plain PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"})},
+        ("chat_ptune",),
+        ()),
+}
+
+
+def _with_seeds(family: Family) -> Family:
+    """The family with its seeded arms' later seeds added after them (key `<arm>_s<seed>`)."""
+    arms = dict(family.arms)
+    for seed in SEEDS[1:]:
+        for key in family.seeded:
+            arm = family.arms[key]
+            arms[seeded(key, seed)] = Arm(f"{arm.label} (seed {seed})", arm.fields, {**arm.train, "seed": seed})
+    return family._replace(arms=arms)
+
+
+def seeded(arm: str, seed: int) -> str:
+    """The key of `arm` trained with `seed` (seed 0 is the arm itself)."""
+    return arm if seed == 0 else f"{arm}_s{seed}"
+
+
+FAMILIES = {name: _with_seeds(f) for name, f in FAMILIES.items()}
+ARMS = {key: arm for f in FAMILIES.values() for key, arm in f.arms.items()}  # every family's, keys unique
+FAMILY_OF = {key: name for name, f in FAMILIES.items() for key in f.arms}
+ARM_FIELDS = sorted({k for f in FAMILIES.values() for k in f.fields}
+                    | {k for arm in ARMS.values() for k in arm.fields} | {"soft_prompt"})  # not a common flag
 
 
 def arm_config(arm: str, **common) -> Tuple[RunConfig, GenerationConfig]:
     """The configs of one arm: `common` (model, backend, limit, device, ...) plus the arm's own fields. The
     local backend unless `common` says otherwise: it is the engine the long runs use."""
-    return run_configs({"backend": "local", **common, **ARMS[arm].fields}, ARMS[arm].train)
+    family = FAMILIES[FAMILY_OF[arm]]
+    return run_configs({"backend": "local", **common, **family.fields, **ARMS[arm].fields}, ARMS[arm].train)
 
 
 def run_configs(fields: dict, train: Optional[dict] = None) -> Tuple[RunConfig, GenerationConfig]:
@@ -113,34 +159,61 @@ def shown_arms(summaries: List[dict], model: str) -> Dict[str, dict]:
     return {arm: local.get(arm) or swarm[arm] for arm in ARMS if arm in local or arm in swarm}
 
 
-def verdicts(records: Dict[str, List[dict]], alpha: float = ALPHA) -> Tuple[List[dict], List[dict]]:
+def claim_seeds(claim: Claim, family: str) -> List[Tuple[int, str, Tuple[str, ...]]]:
+    """The claim at each seed of its family's arms: (seed, arm, arms it must beat), each arm trained with that
+    seed where the family trains it with every seed (PT + RAG at seed 1 against PT at seed 1 and RAG)."""
+    arms = FAMILIES[family].arms
+    return [(seed, seeded(claim.arm, seed), tuple(seeded(b, seed) if seeded(b, seed) in arms else b
+                                                  for b in claim.beats))
+            for seed in SEEDS if seeded(claim.arm, seed) in arms]
+
+
+def verdicts(records: Dict[str, List[dict]], family: str = "plain",
+             alpha: float = ALPHA) -> Tuple[List[dict], List[dict]]:
     """From each arm's graded records (one model; arm key -> records): every comparison of the family with its
-    Holm-adjusted p and outcome, and one verdict per claim whose arms have been run."""
-    family = [(c.arm, b) for c in CLAIMS for b in c.beats] + [(a, "cot") for a in ARMS if a != "cot"]
-    family = [pair for i, pair in enumerate(family) if pair not in family[:i] and all(x in records for x in pair)]
-    comparisons = [{"a": a, "b": b, **paired(records[a], records[b])} for a, b in family]
+    Holm-adjusted p and outcome, and one verdict per claim whose seed-0 arms have been run, over the seeds run."""
+    fam = FAMILIES[family]
+    pairs = [(a, b) for c in fam.claims for _, a, beats in claim_seeds(c, family) for b in beats]
+    pairs += [(a, fam.base) for a in fam.arms if a != fam.base]
+    pairs = [pair for i, pair in enumerate(pairs) if pair not in pairs[:i] and all(x in records for x in pair)]
+    comparisons = [{"a": a, "b": b, **paired(records[a], records[b])} for a, b in pairs]
     for c, p in zip(comparisons, holm([c["p_value"] for c in comparisons])):
         c["p_holm"] = p
         c["outcome"] = ("not significant" if p >= alpha else "better" if c["diff"] > 0 else "worse")
     by_pair = {(c["a"], c["b"]): c for c in comparisons}
     claims = []
-    for claim in CLAIMS:
-        found = [by_pair[(claim.arm, b)] for b in claim.beats if (claim.arm, b) in by_pair]
-        if len(found) < len(claim.beats):
+    for claim in fam.claims:
+        per_seed = {}  # seed -> (its comparisons, its verdict)
+        for seed, arm, beats in claim_seeds(claim, family):
+            found = [by_pair[(arm, b)] for b in beats if (arm, b) in by_pair]
+            if len(found) == len(beats):
+                outcomes = [c["outcome"] for c in found]
+                per_seed[seed] = (found, "confirmed" if all(o == "better" for o in outcomes) else
+                                  "refuted" if "worse" in outcomes else "undecided")
+        if 0 not in per_seed:
             continue
-        outcomes = [c["outcome"] for c in found]
-        verdict = ("confirmed" if all(o == "better" for o in outcomes) else
-                   "refuted" if "worse" in outcomes else "undecided")
-        claims.append({"claim": claim.text, "arm": claim.arm, "comparisons": found, "verdict": verdict})
+        verdict = {v for _, v in per_seed.values()}
+        claims.append({"claim": claim.text, "arm": claim.arm, "seeds": sorted(per_seed),
+                       "comparisons": [c for found, _ in per_seed.values() for c in found],
+                       "verdict": verdict.pop() if len(verdict) == 1 else "undecided"})
     return comparisons, claims
 
 
-def pending_claims(claims: List[dict], arms_run, backend: str = "local") -> List[str]:
-    """One line per claim not judged yet, naming the arms it still needs: a reader sees the question is open
-    rather than not asked."""
-    judged = {c["claim"] for c in claims}
-    missing = lambda c: ", ".join(ARMS[a].label for a in (c.arm, *c.beats) if a not in arms_run)  # noqa: E731
-    return [f"{c.text}: not judged yet, no {backend} run of {missing(c)}" for c in CLAIMS if c.text not in judged]
+def pending_claims(claims: List[dict], arms_run, backend: str = "local", family: str = "plain") -> List[str]:
+    """One line per claim not judged yet, or judged at fewer seeds than it will be, naming the arms it still
+    needs: a reader sees the question is open rather than not asked, and how many seeds a verdict rests on."""
+    judged = {c["claim"]: c["seeds"] for c in claims}
+    lines = []
+    for claim in FAMILIES[family].claims:
+        at = claim_seeds(claim, family)
+        missing = [a for _, arm, beats in at for a in (arm, *beats) if a not in arms_run]
+        missing = ", ".join(ARMS[a].label for i, a in enumerate(missing) if a not in missing[:i])
+        if claim.text not in judged:
+            lines.append(f"{claim.text}: not judged yet, no {backend} run of {missing}")
+        elif len(judged[claim.text]) < len(at):
+            seeds = ", ".join(str(s) for s in judged[claim.text])
+            lines.append(f"{claim.text}: judged at seed {seeds} only, no {backend} run of {missing} yet")
+    return lines
 
 
 def swarm_rows(local: Dict[str, List[dict]], swarm: Dict[str, List[dict]]) -> List[tuple]:

@@ -8,7 +8,7 @@ from conftest import cli
 
 from gsmswarm.config import TuningConfig
 from gsmswarm.results import run_name
-from gsmswarm.study import (ARMS, CLAIMS, arm_config, find_arms, pending_claims, swarm_rows, train_command,
+from gsmswarm.study import (ARMS, FAMILIES, arm_config, find_arms, pending_claims, swarm_rows, train_command,
                             verdicts)
 from gsmswarm.tuning import folder_name
 
@@ -33,7 +33,10 @@ def test_claims_confirmed_refuted_and_missing():
         ("ptune_rag", "ptune", "worse"), ("ptune_rag", "rag", "better")]
     assert "deep_ptune" not in claims  # not run: no verdict rather than a guess, and said so
     assert pending_claims(list(claims.values()), runs(cot=30, ptune=60, rag=20, ptune_rag=40)) == [
-        "deep prompt tuning beats RAG: not judged yet, no local run of deep PT",
+        "prompt tuning beats RAG: judged at seed 0 only, no local run of PT (seed 1), PT (seed 2) yet",
+        "deep prompt tuning beats RAG: not judged yet, no local run of deep PT, deep PT (seed 1), deep PT (seed 2)",
+        "prompt tuning and RAG combine: judged at seed 0 only, no local run of PT + RAG (seed 1), PT (seed 1), "
+        "PT + RAG (seed 2), PT (seed 2) yet",
         "prompt tuning and RAG combine (prompt trained behind retrieved exemplars): not judged yet, no local run of "
         "PT(RAG-trained) + RAG"]
     pairs = [(c["a"], c["b"]) for c in comparisons]
@@ -56,8 +59,35 @@ def test_holm_can_overturn_a_raw_p_below_alpha():
     assert by_claim(claims)["ptune"]["verdict"] == "undecided"
 
 
-def test_claims_only_name_arms():
-    assert all(c.arm in ARMS and set(c.beats) <= set(ARMS) for c in CLAIMS)
+def test_a_claim_is_confirmed_only_if_it_holds_at_every_seed_run():
+    """Each seed's soft prompt is its own arm; PT + RAG at a seed is compared with PT at that seed."""
+    solved = dict(cot=30, rag=20, ptune=60, ptune_s1=60, ptune_rag=80, ptune_rag_s1=80)
+    comparisons, claims = verdicts(runs(**solved))
+    claims = by_claim(claims)
+    assert claims["ptune"]["seeds"] == [0, 1] and claims["ptune"]["verdict"] == "confirmed"
+    assert [(c["a"], c["b"]) for c in claims["ptune_rag"]["comparisons"]] == [
+        ("ptune_rag", "ptune"), ("ptune_rag", "rag"), ("ptune_rag_s1", "ptune_s1"), ("ptune_rag_s1", "rag")]
+    assert claims["ptune_rag"]["verdict"] == "confirmed"
+    _, claims = verdicts(runs(**{**solved, "ptune_s1": 20}))  # seed 1's prompt is no better than RAG
+    claims = by_claim(claims)
+    assert claims["ptune"]["verdict"] == "undecided"  # seed 0 confirms, seed 1 does not: not confirmed
+    _, claims = verdicts(runs(cot=30, rag=20, ptune_s1=60))  # a later seed alone judges nothing
+    assert claims == []
+
+
+def test_each_family_compares_only_its_own_arms():
+    """Holm's family and every 'vs baseline' row stay within one prompting regime and dtype."""
+    comparisons, claims = verdicts(runs(cot=30, ptune=60, rag=20, chat_zeroshot=90, chat_ptune=100), "plain")
+    assert {x for c in comparisons for x in (c["a"], c["b"])} == {"cot", "ptune", "rag"}
+    comparisons, claims = verdicts(runs(cot_bf16=30, chat_zeroshot=90, chat_ptune=100, ptune=60), "chat")
+    assert [(c["a"], c["b"]) for c in comparisons] == [("chat_ptune", "chat_zeroshot"), ("cot_bf16", "chat_zeroshot")]
+
+
+def test_claims_only_name_arms_of_their_family():
+    for name, family in FAMILIES.items():
+        assert family.base in family.arms
+        assert all(c.arm in family.arms and set(c.beats) <= set(family.arms) for c in family.claims)
+        assert all(arm_config(a, model="qwen2.5-coder-0.5b")[0].dtype == family.fields["dtype"] for a in family.arms)
 
 
 def test_arm_configs_fill_in_the_model_and_name_the_runs_find_arms_looks_up():
@@ -76,7 +106,9 @@ def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
     from gsmswarm.cli import _build, build_parser
 
     trained = [a for a in ARMS if ARMS[a].train]
-    assert trained == ["ptune", "ptune_rag", "ragptune_rag", "deep_ptune"]
+    assert trained == ["ptune", "ptune_rag", "ragptune_rag", "deep_ptune", "ptune_s1", "ptune_rag_s1", "deep_ptune_s1",
+                       "ptune_s2", "ptune_rag_s2", "deep_ptune_s2", "chat_ptune", "chat_deep_ptune", "ptune_bf16",
+                       "chat_ptune_s1", "chat_ptune_s2"]
     for arm in trained:
         command = train_command(arm, "qwen2.5-coder-0.5b").split()
         assert command[:4] == ["python", "-m", "gsmswarm", "train-prompt"]
@@ -84,6 +116,10 @@ def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
         assert arm_config(arm, model="qwen2.5-coder-0.5b")[0].soft_prompt == f"prompt_tuning/{folder_name(config)}"
     assert arm_config("ragptune_rag", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
         "prompt_tuning/ptune__local__qwen2.5-coder-0.5b__v16__s0__rag8")
+    assert arm_config("ptune_rag_s2", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
+        "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s2")
+    assert arm_config("chat_ptune", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
+        "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s0__chat_zeroshot_system")
 
 
 def test_the_study_takes_a_soft_prompt_only_once_its_training_ended(tmp_path):
