@@ -115,9 +115,10 @@ class RunConfig(BackendConfig):
     method: str = _help("cot (chain-of-thought), self_consistency (cot + --samples k + a vote), rag (cot "
                         "with the nearest solved training problems as exemplars), pal (the model writes a "
                         "program, run in a sandbox), or calculator (cot whose <<a op b=>> steps the sandbox "
-                        "computes)", default="cot")
+                        "computes), or agent (ReAct: the model's search[...], calculate[...] and finish[...] actions "
+                        "answered as it goes)", default="cot")
     prompt: Optional[str] = _help("prompt file in prompts/ without .txt (default: cot_8shot; rag_cot for rag, "
-                                  "pal_8shot for pal, cot_8shot_calc for calculator)", default=None)
+                                  "pal_8shot for pal, cot_8shot_calc for calculator, agent_8shot for agent)", default=None)
     soft_prompt: Optional[str] = _help("folder of a trained soft prompt (prompt_tuning/<run>) to prepend",
                                        default=None)
     split: str = _help("'test', 'train' or 'dev' (500 problems carved from train with a fixed seed)",
@@ -127,15 +128,17 @@ class RunConfig(BackendConfig):
     rag_k: int = _help("rag: training problems retrieved as exemplars", default=8)
     rag_order: str = _help("rag: 'nearest_last' (the closest exemplar right before the question) or "
                            "'nearest_first'", default="nearest_last")
-    embedder: str = _help("rag: 'all-minilm-l6-v2' (embedded, sha256-verified) or a sentence-transformers "
+    embedder: str = _help("rag and agent: 'all-minilm-l6-v2' (embedded, sha256-verified) or a sentence-transformers "
                           "folder / hub id", default="all-minilm-l6-v2")
-    index_dir: Optional[str] = _help("rag: Chroma store (default: .cache/chroma/<embedder>)", default=None)
+    index_dir: Optional[str] = _help("rag and agent: Chroma store (default: .cache/chroma/<embedder>)", default=None)
     rebuild_index: bool = _help("rag: rebuild the index even if it looks current, replacing the directory",
                                 default=False)
+    search_k: int = _help("agent: solved training problems one search[...] shows", default=2)
+    max_steps: int = _help("agent: actions before a trace that has not finished is cut", default=8)
     batch_size: Optional[int] = _help("local: completions decoded at once (rows of a continuous batch); petals: "
                                       "requests in flight, each in its own inference session; 1 decodes one "
                                       "problem at a time (default: 32 local, 4 petals)", default=None)
-    sandbox: str = _help("pal and calculator: 'bwrap' (programs isolated by the operating system, see "
+    sandbox: str = _help("pal, calculator and agent: 'bwrap' (programs isolated by the operating system, see "
                          "gsmswarm/sandbox.py) or 'unsafe' (process limits only: a program can reach your files); "
                          "records name it as `isolation`", default="bwrap")
     retry_errors: bool = _help("solve again the problems recorded as backend errors (a resumed run skips them "
@@ -149,6 +152,10 @@ class RunConfig(BackendConfig):
             object.__setattr__(self, "prompt", get_method(self.method).PROMPT)
         if self.rag_k < 1:
             raise UserError(f"--rag-k must be >= 1, got {self.rag_k}")
+        if self.search_k < 1:
+            raise UserError(f"--search-k must be >= 1, got {self.search_k}")
+        if self.max_steps < 1:
+            raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.rag_order not in ("nearest_last", "nearest_first"):
             raise UserError(f"--rag-order must be nearest_last or nearest_first, got {self.rag_order!r}")
         if self.sandbox not in ("bwrap", "unsafe"):

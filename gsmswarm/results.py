@@ -21,7 +21,7 @@ from .config import REPO_DIR, UserError
 # every committed run against them.
 RECORD_FIELDS = {
     "run_id": "the run's name (its file name without .jsonl)",
-    "method": "cot, self_consistency, rag, pal or calculator",
+    "method": "cot, self_consistency, rag, pal, calculator or agent",
     "backend": "petals or local",
     "model": "the --model given (a name, a folder or a hub id)",
     "prompt": "prompt file name", "prompt_hash": "sha256 of the prompt file (12 hex digits)",
@@ -44,7 +44,7 @@ LATER_FIELDS = {  # fields that records made before they existed lack
     "split": "test, train or dev (absent: test)", "soft_prompt": "null, or its path, mode, length, sha256 (absent: none)",
     "dtype": "weights' dtype (absent: float32)", "batch_size": "the engine's batch size (absent: 1)",
     "wall_s": "seconds since the run's previous record (absent: problems ran one at a time)",
-    "isolation": "pal and calculator: bwrap or unsafe (absent: the process fence, before the isolation)",
+    "isolation": "pal, calculator and agent: bwrap or unsafe (absent: the process fence, before the isolation)",
 }
 
 

@@ -36,6 +36,9 @@ CANDIDATES = [
     *(Candidate("RAG", f"chat, k={k} exemplars as turns", {"method": "rag", "prompt": "chat_rag_turns", "rag_k": k})
       for k in (2, 4, 8)),
     Candidate("RAG", "plain RAG k=8 (the first study's frame)", {"method": "rag", "prompt": "rag_cot", "rag_k": 8}),
+    # the ReAct agent (search, calculate, finish): its 8 example traces as plain text, or as chat turns
+    Candidate("agent", "plain ReAct, 8 example traces", {"method": "agent"}),
+    Candidate("agent", "chat ReAct, the 8 example traces as turns", {"method": "agent", "prompt": "chat_agent_8shot"}),
     # a soft prompt in front of the strongest zero-shot chat prompt (the system-turn instruction, 0.310 on dev
     # against 0.290 in the user turn), trained through the swarm on the reference solutions as the answer turn
     Candidate("PT", "ptune, 16 tokens, trained in front of chat zero-shot (system turn)",

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from gsmswarm.config import GenerationConfig
@@ -30,11 +32,17 @@ def test_exemplar_separator_is_the_stop_string(name):
     template = load_prompt(name)
     separator = "\n\n\n\n" if name.startswith("pal") else GenerationConfig().stop[0]  # programs have blank lines
     exemplars = template.split(separator)
+    if name.startswith("agent"):  # the actions are described first
+        exemplars = exemplars[1:]
     assert len(exemplars) == 9  # 8 exemplars + the question slot
-    answer = "\ndef solution():\n" if name.startswith("pal") else "\nA: "
-    assert all(e.startswith("Q: ") and answer in e for e in exemplars[:-1])
+    question, answer, end = {"pal": ("Q: ", "\ndef solution():\n", "\n    return "),
+                             "agent": ("Question: ", "\nThought 1: ", "\nAction "),
+                             }.get(name.split("_")[0], ("Q: ", "\nA: ", "."))
+    assert all(e.startswith(question) and answer in e for e in exemplars[:-1])
     assert all(separator not in e for e in exemplars[:-1])
-    assert all("\n    return " in e if name.startswith("pal") else e.rstrip().endswith(".") for e in exemplars[:-1])
+    assert all(end in e if end.startswith("\n") else e.rstrip().endswith(end) for e in exemplars[:-1])
+    if name.startswith("agent"):
+        assert all(re.search(r"\nAction \d: finish\[\d+\]$", e) for e in exemplars[:-1])
 
 
 def test_exemplars_are_not_test_questions():

@@ -19,7 +19,7 @@ from ..config import UserError
 # so that its runs are labelled as such.
 METHODS = {"cot": "gsmswarm.methods.cot", "self_consistency": "gsmswarm.methods.cot",
            "rag": "gsmswarm.methods.rag", "pal": "gsmswarm.methods.pal",
-           "calculator": "gsmswarm.methods.calculator"}
+           "calculator": "gsmswarm.methods.calculator", "agent": "gsmswarm.methods.agent"}
 SAMPLING_METHODS = {"self_consistency"}  # need --samples k >= 2 and --temperature > 0
 
 

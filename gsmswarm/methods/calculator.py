@@ -45,7 +45,7 @@ def solve(problem: Problem, backend, template: str, gen, sandbox: Sandbox):
             text, inside = text + "<<", True
         elif c.stop == "=" and inside:
             expression = text[text.rindex("<<") + 2:]
-            value = _calculate(expression, sandbox)
+            value = calculate(expression, sandbox)
             calls.append({"expression": expression, "value": value})
             text, inside = text + "=" + (f"{value}>>{value}" if value is not None else ""), value is None
         elif c.stop == ">>" and inside:
@@ -58,9 +58,9 @@ def solve(problem: Problem, backend, template: str, gen, sandbox: Sandbox):
             "calculator_calls": calls, "isolation": sandbox.kind}
 
 
-def _calculate(expression: str, sandbox: Sandbox):
+def calculate(expression: str, sandbox: Sandbox):
     """The expression's value written as answers are (no '.0', at most 6 decimals), or None if it is not
-    plain arithmetic or fails (then the model finishes the annotation itself)."""
+    plain arithmetic or fails (then the model finishes the annotation itself; the agent is told so)."""
     if not _EXPRESSION.fullmatch(expression) or not expression.strip():
         return None
     result = sandbox.run(f"def solution():\n    return {expression.strip()}\n", timeout_s=2)
