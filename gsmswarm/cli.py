@@ -91,15 +91,16 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     return 1 if mismatches else 0
 
 
-def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
+def summarize(output_dir: str, markdown: Sequence[str] = ()) -> None:
     """Recompute every run's summary from its records; print the tables and, per model, the study's verdicts;
-    write plots beside the runs; with `markdown`, rewrite that file's generated results part."""
-    from .report import (comparison_table, format_table, maj_table, plot_forest, plot_maj_curves, recompute,
-                         replace_generated, study_markdown, study_results, text_table)
+    write plots beside the runs; with `markdown`, rewrite those files' generated parts."""
+    from .report import (comparison_table, format_table, generated_parts, maj_table, plot_differences, plot_forest,
+                         plot_maj_curves, recompute, study_results, text_table)
     from .study import FAMILIES, comparison_rows, verdict_rows
 
-    if markdown and not Path(markdown).is_file():
-        raise UserError(f"--markdown {markdown}: no such file")
+    for name in markdown or ():
+        if not Path(name).is_file():
+            raise UserError(f"--markdown {name}: no such file")
     runs = recompute(output_dir)
     if not runs:
         raise UserError(f"--output-dir {output_dir}: no *.summary.json found")
@@ -122,15 +123,18 @@ def summarize(output_dir: str, markdown: Optional[str] = None) -> None:
     if results:
         plots.append(Path(output_dir) / "accuracy.png")
         plot_forest({model: r["shown"] for model, r in results.items()}, plots[-1])
+        if any(f["comparisons"] for r in results.values() for f in r["families"].values()):
+            plots.append(Path(output_dir) / "differences.png")
+            plot_differences(results, plots[-1])
     if any(r["maj_curve"] for r in runs):
         print("\n" + maj_table(runs))
         plots.append(Path(output_dir) / "maj_at_k.png")
         plot_maj_curves(runs, plots[-1])
     print("\nplots: " + (", ".join(map(str, plots)) or "none (no study arm run yet)"))
-    if markdown:
-        text = Path(markdown).read_text()
-        Path(markdown).write_text(replace_generated(text, study_markdown(results), markdown))
-        print(f"{markdown}: results part rewritten from the records")
+    texts = {name: generated_parts(Path(name).read_text(), name, results) for name in markdown or ()}
+    for name, text in texts.items():  # each file checked before any is written
+        Path(name).write_text(text)
+        print(f"{name}: generated parts rewritten from the records")
 
 
 def study(arms: Sequence[str], family: Optional[str], common: dict, list_only: bool) -> None:
@@ -226,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     backend.help = backend.help.replace("(default: 'petals')", "(default for the study: 'local', the engine the long runs use)")
     p_sum = sub.add_parser("summarize", help="print a table of every run's summary in a results folder")
     p_sum.add_argument("--output-dir", default="method_results", help="folder written by `run`")
-    p_sum.add_argument("--markdown", metavar="FILE", help="also rewrite the results part of FILE (between its "
-                       "'<!-- results: ... -->' and '<!-- results end -->' lines) as markdown tables, e.g. README.md")
+    p_sum.add_argument("--markdown", metavar="FILE", nargs="+", help="also rewrite the generated parts of each FILE "
+                       "from the records: the study's tables (between '<!-- results: ... -->' and '<!-- results end "
+                       "-->' lines, docs/results.md) and the answer per claim ('<!-- answer: ... -->', README.md)")
     p_sel = sub.add_parser("select", help="the chat regime's dev selection: run each method's prompt variants on "
                                           "200 dev problems (resumable) and print which one is strongest")
     p_sel.add_argument("--model", default="qwen2.5-coder-0.5b", help="model whose variants are selected")

@@ -11,13 +11,16 @@ from .config import RunConfig, UserError
 from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, load_runs, read_records, write_json
-from .study import (ARMS, FAMILIES, comparison_rows, find_arms, pending_claims, shown_arms, swarm_rows, verdict_rows,
-                    verdicts)
+from .study import (ALPHA, ARMS, FAMILIES, claim_difference, comparison_rows, find_arms, pending_claims, shown_arms,
+                    swarm_rows, verdict_rows, verdicts)
 
-# The README's results live between these lines, written by `python -m gsmswarm summarize --markdown README.md`
-# and checked against the records by tests/test_study.py, so the README's tables cannot drift from the data.
-MARKERS = ("<!-- results: generated from method_results/ by `python -m gsmswarm summarize --markdown README.md` -->",
+# Generated parts of markdown files, written by `python -m gsmswarm summarize --markdown FILE` and checked
+# against the records by tests/test_study.py, so no table or figure in prose can drift from the data: the
+# study's tables (docs/results.md) and the answer per claim (README.md).
+MARKERS = ("<!-- results: generated from method_results/ by `python -m gsmswarm summarize --markdown docs/results.md` -->",
            "<!-- results end -->")
+ANSWER_MARKERS = ("<!-- answer: generated from method_results/ by `python -m gsmswarm summarize --markdown README.md` -->",
+                  "<!-- answer end -->")
 
 
 def summarize_run(path: Path, records: List[dict], config: dict, save: bool = True) -> dict:
@@ -112,18 +115,19 @@ def study_results(summaries: List[dict]) -> Dict[str, dict]:
 
 
 def study_markdown(results: Dict[str, dict]) -> str:
-    """`study_results` as the README shows it: per model and family the arms table; where a claim can be judged,
-    the verdicts and every comparison; the swarm agreement."""
+    """`study_results` as docs/results.md shows it: per model and family the arms table (with each run's
+    generation hours from its records: the engine's wall time, or the problems' latencies where they ran one at
+    a time); where a claim can be judged, the verdicts and every comparison; the swarm agreement."""
     parts = []
     for model, r in results.items():
         for name, f in r["families"].items():
             family = FAMILIES[name]
-            rows = [("arm", "backend", "test problems", "correct", "accuracy [95% CI]", "commits")]
+            rows = [("arm", "backend", "test problems", "correct", "accuracy [95% CI]", "hours", "commits")]
             for arm, s in r["shown"].items():
                 if arm in family.arms:
                     m = s["metrics"]["answer"]
                     rows.append((ARMS[arm].label, s["config"]["backend"], str(m["n"]), str(m["correct"]),
-                                 f"{m['accuracy']:.3f} {_ci(m)}", _commits(s)))
+                                 f"{m['accuracy']:.3f} {_ci(m)}", f"{s['generation_s'] / 3600:.1f}", _commits(s)))
             parts.append(f"**{model}**, {family.title} (greedy unless stated):\n\n" + markdown_table(rows))
             if f["claims"]:  # a model with no claim decidable yet (the harness check) shows its arms only
                 parts.append(f"The claims, {model}, {family.title} (paired on the problems both arms finished; "
@@ -139,6 +143,36 @@ def study_markdown(results: Dict[str, dict]) -> str:
     return "\n\n".join(parts)
 
 
+def answer_markdown(results: Dict[str, dict]) -> str:
+    """The answer per claim in words, as the README leads with it: per model and family, each claim's verdict
+    with every comparison it rests on (difference, 95% interval, Holm p, one per seed), and what is still to run."""
+    parts = []
+    for model, r in results.items():
+        for name, f in r["families"].items():
+            if not f["claims"]:
+                continue
+            n = sorted({c["n"] for claim in f["claims"] for c in claim["comparisons"]})
+            lines = [f"**{model}**, {FAMILIES[name].title}, {' to '.join(map(str, n[::max(len(n) - 1, 1)]))} test "
+                     f"problems (Holm across {len(f['comparisons'])} comparisons):"]
+            for claim in f["claims"]:
+                lines.append(f"- *{claim['claim']}*: **{claim['verdict']}**; "
+                             + "; ".join(claim_difference(c) for c in claim["comparisons"]))
+            lines += [f"- *{line}.*" for line in f["pending"]]
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def generated_parts(text: str, where: str, results: Dict[str, dict]) -> str:
+    """`text` with every generated part it has (the study's tables, the answer) made anew from `results`."""
+    makers = [(m, make) for m, make in ((MARKERS, study_markdown), (ANSWER_MARKERS, answer_markdown)) if m[0] in text]
+    if not makers:
+        raise UserError(f"--markdown {where}: no generated part in it (a line '{MARKERS[0]}' or "
+                        f"'{ANSWER_MARKERS[0]}', later its end line)")
+    for markers, make in makers:
+        text = replace_generated(text, make(results), where, markers)
+    return text
+
+
 def replace_generated(text: str, generated: str, where: str, markers: Tuple[str, str] = MARKERS) -> str:
     """`text` with the part between `markers` replaced by `generated`; `where` names the file in the error."""
     start, end = text.find(markers[0]), text.find(markers[1])
@@ -148,10 +182,10 @@ def replace_generated(text: str, generated: str, where: str, markers: Tuple[str,
     return text[:start + len(markers[0])] + "\n\n" + generated + "\n\n" + text[end:]
 
 
-def generated_part(text: str) -> str:
+def generated_part(text: str, markers: Tuple[str, str] = MARKERS) -> str:
     """What `replace_generated` put between the markers ('' if there are none)."""
-    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
-    return text[start + len(MARKERS[0]):end].strip() if 0 <= start < end else ""
+    start, end = text.find(markers[0]), text.find(markers[1])
+    return text[start + len(markers[0]):end].strip() if 0 <= start < end else ""
 
 
 def run_path(summary: dict) -> Path:
@@ -246,6 +280,55 @@ def plot_forest(arms: Dict[str, Dict[str, dict]], path: Path) -> None:
     ax.set_xlim(0, top * 1.25 + 0.01)  # room for the labels right of the intervals
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=len(arms), frameon=False)
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_differences(results: Dict[str, dict], path: Path) -> None:
+    """The study's headline figure: every paired comparison of each model and family as its difference in
+    accuracy with the paired bootstrap 95% interval; the claims' comparisons first and in colour, each arm
+    against the family's baseline after them in grey; a filled marker is significant after Holm."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    blocks = []  # (title, [(comparison, is a claim's)])
+    for model, r in results.items():
+        for name, f in r["families"].items():
+            claimed = [c for claim in f["claims"] for c in claim["comparisons"]]
+            rest = [c for c in f["comparisons"] if c not in claimed]
+            if claimed or rest:
+                blocks.append((f"{model}, {FAMILIES[name].title.replace('`', '')}",
+                               [(c, True) for c in claimed] + [(c, False) for c in rest]))
+    rows = sum(len(b) + 1 for _, b in blocks)
+    fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.28 * rows))
+    y, ticks, labels = 0, [], []
+    for title, block in blocks:
+        ax.text(0.0, y, title, transform=ax.get_yaxis_transform(), fontsize=8, fontweight="bold", va="center",
+                ha="left")
+        y += 1
+        for c, claim in block:
+            colour = "C0" if claim else "0.45"
+            significant = c["p_holm"] < ALPHA
+            ax.errorbar(c["diff"], y, xerr=[[c["diff"] - c["diff_ci_low"]], [c["diff_ci_high"] - c["diff"]]],
+                        fmt="o", color=colour, capsize=2, markersize=5,
+                        markerfacecolor=colour if significant else "white")
+            ticks.append(y)
+            labels.append(f"{ARMS[c['a']].label} vs {ARMS[c['b']].label} (n={c['n']})")
+            y += 1
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_ylim(y - 0.5, -0.7)
+    ax.set_xlabel("difference in accuracy, a minus b (paired bootstrap 95% interval)")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], marker="o", color="C0", linestyle="", label="a claim's comparison"),
+               Line2D([], [], marker="o", color="0.45", linestyle="", label="an arm vs the family's baseline"),
+               Line2D([], [], marker="o", color="black", linestyle="", label=f"filled: Holm p < {ALPHA}"),
+               Line2D([], [], marker="o", color="black", markerfacecolor="white", linestyle="",
+                      label="hollow: not significant")]
+    ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -232,6 +232,11 @@ def _diff(c: dict) -> str:
     return f"{c['diff']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]"
 
 
+def claim_difference(c: dict) -> str:
+    """One comparison in words: `PT − RAG k=8 +0.075 [+0.052, +0.099], Holm p 1.4e-08`."""
+    return f"{ARMS[c['a']].label} − {ARMS[c['b']].label} {_diff(c)}, Holm p {c['p_holm']:.2g}"
+
+
 def verdict_rows(claims: List[dict]) -> List[tuple]:
     """The verdict table: a header, then a row per comparison of each claim (the claim and its verdict on
     its first row)."""

@@ -195,7 +195,7 @@ def rag_context(problems: List[Problem], k: int, template, index=None, cache: Op
     training problems, never itself, the nearest last, written as `template` writes exemplars (`index`: the
     embedded embedder's, by default).
     `cache` (the run folder's rag_context.json) keeps the retrieved train idx, nearest first: a resume reads
-    them rather than querying the index once per problem (7,505 queries, ~8 min), and they record what the
+    them rather than querying the index once per problem (7,005 for the committed run), and they record what the
     training saw."""
     from tqdm import tqdm
 

@@ -167,17 +167,21 @@ def test_swarm_rows_count_identical_completions_on_common_problems():
         ("SC k=8 T=0.7", "2", "1 (50.0%)", "3 of 4", "2 (100.0%)")]
 
 
-def test_readme_results_are_the_records():
-    """The README's results part is exactly what `summarize --markdown README.md` makes from the committed
-    records: commit records without regenerating it, or edit a number by hand, and this fails."""
+def test_the_readmes_answer_and_the_results_tables_are_the_records():
+    """README.md's answer and docs/results.md's tables are exactly what `summarize --markdown README.md
+    docs/results.md` makes from the committed records: commit records without regenerating them, or edit a
+    number by hand, and this fails."""
     from gsmswarm.config import REPO_DIR
-    from gsmswarm.report import generated_part, recompute, study_markdown, study_results
+    from gsmswarm.report import (ANSWER_MARKERS, MARKERS, answer_markdown, generated_part, recompute, study_markdown,
+                                 study_results)
 
-    readme = (REPO_DIR / "README.md").read_text()
-    assert generated_part(readme), "README.md has no results markers"
     results = study_results(recompute(str(REPO_DIR / "method_results"), save=False))
-    assert generated_part(readme) == study_markdown(results), (
-        "README.md's results differ from method_results/: run python -m gsmswarm summarize --markdown README.md")
+    command = "run python -m gsmswarm summarize --markdown README.md docs/results.md"
+    for name, markers, make in (("README.md", ANSWER_MARKERS, answer_markdown),
+                                ("docs/results.md", MARKERS, study_markdown)):
+        text = (REPO_DIR / name).read_text()
+        assert generated_part(text, markers), f"{name} has no generated part"
+        assert generated_part(text, markers) == make(results), f"{name} differs from method_results/: {command}"
 
 
 def test_summarize_markdown_rewrites_only_the_generated_part(tmp_path):
@@ -199,8 +203,8 @@ def test_summarize_markdown_rewrites_only_the_generated_part(tmp_path):
     text = doc.read_text()
     assert text.startswith("# title\n\nbefore\n\n" + MARKERS[0]) and text.endswith(MARKERS[1] + "\n\nafter\n")
     assert "stale" not in text
-    assert "| CoT 8-shot | local | 1319 | 174 | 0.132 [0.115, 0.151] | `2ebda20` |" in text
-    assert "| zero-shot | local | 1319 | 45 | 0.034 [0.026, 0.045] | `69a5b62`, `9a6a574` |" in text
+    assert "| CoT 8-shot | local | 1319 | 174 | 0.132 [0.115, 0.151] | 1.0 | `2ebda20` |" in text
+    assert "| zero-shot | local | 1319 | 45 | 0.034 [0.026, 0.045] | 1.1 | `69a5b62`, `9a6a574` |" in text
     assert "The claims" not in text  # no claim has its arms among these runs: the arms alone
 
     doc.write_text("no markers here\n")
