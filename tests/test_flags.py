@@ -65,3 +65,16 @@ def test_a_bad_value_is_one_line_naming_the_flag(command, flag, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, f"{' '.join(argv)}: exit {code}, stderr {err}"
     assert flag in err[0] or "--" + flag.lstrip("-") in err[0], f"{' '.join(argv)}: {err[0]}"
+
+
+def test_the_contract_layer_imports_nothing_above_it():
+    """config.py holds every flag and what each may name; every other module reads it, so it imports none of
+    them (no import circle runs through the configs)."""
+    import ast
+
+    from gsmswarm.config import REPO_DIR
+
+    tree = ast.parse((REPO_DIR / "gsmswarm" / "config.py").read_text())
+    inner = [n.module for n in ast.walk(tree)
+             if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("gsmswarm"))]
+    assert inner == []

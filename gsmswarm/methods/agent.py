@@ -24,7 +24,7 @@ from ..results import answer_fields
 from ..sandbox import Sandbox
 from .calculator import calculate
 
-PROMPT, SLOTS = "agent_8shot", {"question"}
+SLOTS = {"question"}
 ACTIONS = ("search", "calculate", "finish")
 RECORD_FIELDS = {
     "agent": "search_k, max_steps and embedder",

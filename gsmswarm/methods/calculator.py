@@ -16,7 +16,7 @@ from ..sandbox import Sandbox
 from ..results import answer_fields
 from .cot import text_preds
 
-PROMPT, SLOTS = "cot_8shot_calc", {"question"}
+SLOTS = {"question"}
 RECORD_FIELDS = {"calculator_calls": "each <<expression= and the value computed (null: left to the model)"}
 _EXPRESSION = re.compile(r"[\d\s.+\-*/()%]+")  # what the calculator accepts: arithmetic on numbers only
 

@@ -9,7 +9,7 @@ from ..data import Problem
 from ..prompts import render
 from ..results import answer_fields
 
-PROMPT, SLOTS = "cot_8shot", {"question"}
+SLOTS = {"question"}
 
 
 def solve(problem: Problem, backend, template: str, gen):

@@ -21,7 +21,7 @@ from ..prompts import render
 from ..results import answer_fields
 from ..sandbox import Sandbox
 
-PROMPT, SLOTS = "pal_8shot", {"question"}
+SLOTS = {"question"}
 RECORD_FIELDS = {"programs": "each completion as the program that ran", "sandbox": "per program: verdict, value, error"}
 
 

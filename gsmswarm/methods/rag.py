@@ -10,7 +10,7 @@ from ..data import Problem
 from ..prompts import render
 from .cot import complete
 
-PROMPT, SLOTS = "rag_cot", {"exemplars", "question"}
+SLOTS = {"exemplars", "question"}
 RECORD_FIELDS = {"rag": "k, order and embedder", "retrieved": "the exemplars' train idx and distance, nearest first"}
 
 
