@@ -188,13 +188,17 @@ def load_backend(name: str, model_path: str, initial_peers: Sequence[str] = (), 
 @contextlib.contextmanager
 def open_backend(name: str, model_path: str, initial_peers: Sequence[str] = (), dht_prefix: Optional[str] = None,
                  num_servers: int = 2, workdir: Optional[Path] = None, **kw):
-    """A backend ready to generate; for 'petals' without peers, a loopback swarm lives as long as it."""
+    """A backend ready to generate; for 'petals' without peers, a loopback swarm lives as long as it, its servers
+    in the client's dtype (so a bfloat16 run's swarm check compares bfloat16 with bfloat16)."""
     with contextlib.ExitStack() as stack:
         if name == "petals" and not initial_peers:
             from ..swarm import LoopbackSwarm
 
-            print(f"starting a loopback swarm ({num_servers} servers) for {Path(model_path).name} ...", file=sys.stderr)
-            swarm = stack.enter_context(LoopbackSwarm(model_path, workdir or CACHE_DIR / "swarm", num_servers))
+            dtype = kw.get("dtype", "float32")
+            print(f"starting a loopback swarm ({num_servers} servers, {dtype}) for {Path(model_path).name} ...",
+                  file=sys.stderr)
+            swarm = stack.enter_context(LoopbackSwarm(model_path, workdir or CACHE_DIR / "swarm", num_servers,
+                                                      torch_dtype=dtype))
             initial_peers, dht_prefix = swarm.initial_peers, swarm.dht_prefix
         backend = load_backend(name, model_path, initial_peers, dht_prefix, **kw)
         stack.callback(backend.close)
