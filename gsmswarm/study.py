@@ -76,7 +76,8 @@ FAMILIES = {
          "chat_deep_ptune": Arm("chat deep PT", CHAT, {"backend": "petals", "tuning_mode": "deep_ptune", **CHAT}),
          # the plain frame's CoT and PT in this family's dtype: what connects the two regimes
          "cot_bf16": Arm("plain CoT 8-shot", {"method": "cot"}),
-         "ptune_bf16": Arm("plain PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"})},
+         "ptune_bf16": Arm("plain PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"}),
+         "pal_bf16": Arm("PAL (bf16)", {"method": "pal"})},  # the strongest first-study arm besides the soft prompts
         ("chat_ptune",),
         ()),
 }
