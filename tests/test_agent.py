@@ -39,7 +39,7 @@ def solve(turns, sandbox, gen=GenerationConfig(), k=2, max_steps=8, exclude_self
 def test_a_trace_searches_calculates_and_finishes(sandbox):
     record, backend, index = solve([(" Look it up.\nAction 1: search[trees cut down", "]"),
                                     ("Thought 2: Subtract.\nAction 2: calculate[21 - 15", "]"),
-                                    ("Thought 3: 6 are left.\nAction 3: finish[6", "]")],
+                                    ("Thought 3: 6 are left.\nAction 3: finish[6 trees", "]")],
                                    sandbox, GenerationConfig(max_new_tokens=30), k=1, exclude_self=True)
     assert index.asked == [("trees cut down", 1, 7)]  # a dev/train problem never finds itself
     seen = observe_search([Neighbour(3, 0.2503, TRAIN[3])])
@@ -47,14 +47,14 @@ def test_a_trace_searches_calculates_and_finishes(sandbox):
         {"thought": "Look it up.", "action": "search", "argument": "trees cut down", "observation": seen,
          "retrieved": [{"idx": 3, "distance": 0.2503}]},
         {"thought": "Subtract.", "action": "calculate", "argument": "21 - 15", "observation": "6", "value": "6"},
-        {"thought": "6 are left.", "action": "finish", "argument": "6", "observation": None}]
+        {"thought": "6 are left.", "action": "finish", "argument": "6 trees", "observation": None}]
     assert (record["steps"], record["stop_reason"], record["pred"], record["correct"]) == (3, "finish", "6", True)
     (p1, g1), (p2, g2), (p3, g3) = backend.seen
     assert g1.stop[0] == "]" and [g.max_new_tokens for g in (g1, g2, g3)] == [30, 27, 24]
     assert p1.endswith(f"Question: {PROBLEM.question}\nThought 1:")
     assert p2 == p1 + f" Look it up.\nAction 1: search[trees cut down]\nObservation 1: {seen}\n"
     assert p3.endswith("Action 2: calculate[21 - 15]\nObservation 2: 6\n")
-    assert record["completions"] == [p3[len(p1):] + "Thought 3: 6 are left.\nAction 3: finish[6]"]
+    assert record["completions"] == [p3[len(p1):] + "Thought 3: 6 are left.\nAction 3: finish[6 trees]"]
     assert record["n_completion_tokens"] == [9] and record["truncated"] == [False]
 
 

@@ -11,11 +11,13 @@ the calculator's), or when the model stops without a parsable action. Each recor
 every thought, action, argument and observation, with the retrieved ids and distances and the calculated
 values, and why it stopped. The answer is finish's argument read as a number; a trace that does not finish has
 none.
+finish's argument is read as the flexible filter reads a text (its last number, `$` and `,` dropped), so
+`finish[18 dollars]` answers 18.
 """
 import dataclasses
 import re
 
-from ..answers import INVALID, number_answer
+from ..answers import FILTERS, INVALID
 from ..backends import Completion
 from ..config import UserError
 from ..data import Problem
@@ -87,7 +89,7 @@ def solve(problem: Problem, backend, template: str, gen, index, k: int, max_step
         step = {"thought": _THOUGHT.sub("", "\n".join(lines[:-1])).strip(), "action": name, "argument": argument}
         trace.append(step)
         if name == "finish":
-            step["observation"], answer, stop_reason = None, number_answer(argument), "finish"
+            step["observation"], answer, stop_reason = None, FILTERS["flexible"](argument), "finish"
             break
         step["observation"] = _act(step, problem, index, k, exclude_self, sandbox)
         text += f"\nObservation {len(trace)}: {step['observation']}\n"
