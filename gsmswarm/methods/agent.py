@@ -9,10 +9,8 @@ front of every question. Generation pauses at each `]` that closes an action (as
 `=`); the trace ends at `finish`, after `--max-steps` actions, at the token budget (summed over the trace, as
 the calculator's), or when the model stops without a parsable action. Each record keeps the whole trace:
 every thought, action, argument and observation, with the retrieved ids and distances and the calculated
-values, and why it stopped. The answer is finish's argument read as a number; a trace that does not finish has
-none.
-finish's argument is read as the flexible filter reads a text (its last number, `$` and `,` dropped), so
-`finish[18 dollars]` answers 18.
+values, and why it stopped. The answer is finish's argument as the flexible filter reads a text (its last
+number, `$` and `,` dropped: `finish[18 dollars]` answers 18); a trace that does not finish has none.
 """
 import dataclasses
 import re
