@@ -72,6 +72,16 @@ def test_refused_unknown_and_stray_brackets_are_observations_not_errors(sandbox)
     assert len(backend.seen) == 4
 
 
+def test_an_empty_or_enormous_query_is_said_so(sandbox):
+    from gsmswarm.methods.agent import MAX_QUERY
+
+    record, _, index = solve([(" Look.\nAction 1: search[", "]"), ("Thought 2: Again.\nAction 2: search[" + "x" * 1000, "]"),
+                              ("Thought 3: Done.\nAction 3: finish[1", "]")], sandbox, k=1)
+    assert record["trace"][0]["observation"] == "search needs a query: search[query]"
+    assert index.asked == [("x" * MAX_QUERY, 1, None)]
+    assert record["trace"][1]["observation"].startswith(f"(the query was cut to its first {MAX_QUERY} characters) Solved")
+
+
 def test_the_step_limit_and_the_token_budget_end_a_runaway_trace(sandbox):
     step = (" more.\nAction: calculate[1 + 1", "]")
     record, backend, _ = solve([step] * 5, sandbox, max_steps=2)

@@ -32,6 +32,7 @@ RECORD_FIELDS = {
              "and distance, nearest first); calculate: value (null: refused)",
     "steps": "actions taken", "stop_reason": "finish, step_limit, token_limit or no_action",
 }
+MAX_QUERY = 300  # characters of a search query the index sees; a longer one is cut, and the observation says so
 _ACTION = re.compile(r"Action(?: \d+)?:\s*(\w+)\[([^\[\]\n]*)$")  # the line an action's closing "]" ends
 _THOUGHT = re.compile(r"^\s*(?:Thought(?: \d+)?:\s*)?")
 
@@ -105,9 +106,11 @@ def _act(step: dict, problem: Problem, index, k: int, exclude_self: bool, sandbo
     if name == "search":
         if not argument:
             return "search needs a query: search[query]"
-        neighbours = index.query(argument, k, exclude_idx=problem.idx if exclude_self else None)
+        query = argument[:MAX_QUERY]
+        neighbours = index.query(query, k, exclude_idx=problem.idx if exclude_self else None)
         step["retrieved"] = [{"idx": n.idx, "distance": round(n.distance, 4)} for n in neighbours]
-        return observe_search(neighbours)
+        cut = f"(the query was cut to its first {MAX_QUERY} characters) " if len(argument) > MAX_QUERY else ""
+        return cut + observe_search(neighbours)
     if name == "calculate":
         step["value"] = calculate(argument, sandbox)
         return step["value"] if step["value"] is not None else (
