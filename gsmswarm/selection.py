@@ -65,10 +65,12 @@ def candidate_summaries(summaries: List[dict], **common) -> Dict[str, dict]:
 
 
 def choose(found: Dict[str, dict]) -> Dict[str, str]:
-    """Per method family, the label of the variant RULE picks among those run."""
+    """Per method family, the label of the variant RULE picks among those run on all the dev problems (a run
+    still going is listed in the table but cannot be chosen: a few lucky problems would win)."""
     chosen = {}
     for method in dict.fromkeys(c.method for c in CANDIDATES):
-        runs = [(c.label, found[c.label]) for c in CANDIDATES if c.method == method and c.label in found]
+        runs = [(c.label, found[c.label]) for c in CANDIDATES if c.method == method and c.label in found
+                and found[c.label]["metrics"]["answer"]["n"] >= COMMON["limit"]]
         if not runs:
             continue
         best = max(s["metrics"]["answer"]["accuracy"] for _, s in runs)
