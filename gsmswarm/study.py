@@ -46,7 +46,10 @@ class Family(NamedTuple):
     claims: Tuple[Claim, ...]
 
 
-CHAT = {"prompt": "chat_zeroshot_system"}  # the chat regime's strongest prompt-only variant on dev (selection.py)
+# the chat regime's variants chosen on dev (gsmswarm.selection; a test holds these to its choice): the strongest
+# prompt-only one, and RAG's (the retrieved problems as reference text in the user turn)
+CHAT = {"prompt": "chat_zeroshot_system"}
+CHAT_RAG = {"method": "rag", "prompt": "chat_rag_context", "rag_k": 2}
 FAMILIES = {
     "plain": Family(
         "plain `Q:`/`A:` prompts, float32", "cot", {"dtype": "float32"},
@@ -73,13 +76,22 @@ FAMILIES = {
         "the model's chat template, bfloat16", "chat_zeroshot", {"dtype": "bfloat16"},
         {"chat_zeroshot": Arm("chat zero-shot", CHAT),
          "chat_ptune": Arm("chat PT", CHAT, {"backend": "petals", **CHAT}),
+         "chat_rag": Arm("chat RAG k=2", CHAT_RAG),
+         "chat_ptune_rag": Arm("chat PT + RAG", CHAT_RAG, {"backend": "petals", **CHAT}),
          "chat_deep_ptune": Arm("chat deep PT", CHAT, {"backend": "petals", "tuning_mode": "deep_ptune", **CHAT}),
+         # trained behind the chat RAG context with PEFT, as the plain family's RAG-trained prompt
+         "chat_ragptune_rag": Arm("chat PT(RAG-trained) + RAG", CHAT_RAG,
+                                  {"backend": "local", "context": "rag", "prompt": CHAT_RAG["prompt"], "rag_k": 2}),
          # the plain frame's CoT and PT in this family's dtype: what connects the two regimes
          "cot_bf16": Arm("plain CoT 8-shot", {"method": "cot"}),
          "ptune_bf16": Arm("plain PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"}),
          "pal_bf16": Arm("PAL (bf16)", {"method": "pal"})},  # the strongest first-study arm besides the soft prompts
-        ("chat_ptune",),
-        ()),
+        ("chat_ptune", "chat_ptune_rag"),
+        (Claim("prompt tuning beats RAG", "chat_ptune", ("chat_rag",)),
+         Claim("deep prompt tuning beats RAG", "chat_deep_ptune", ("chat_rag",)),
+         Claim("prompt tuning and RAG combine", "chat_ptune_rag", ("chat_ptune", "chat_rag")),
+         Claim("prompt tuning and RAG combine (prompt trained behind retrieved exemplars)", "chat_ragptune_rag",
+               ("chat_ptune", "chat_rag")))),
 }
 
 

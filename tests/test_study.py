@@ -107,8 +107,9 @@ def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
 
     trained = [a for a in ARMS if ARMS[a].train]
     assert trained == ["ptune", "ptune_rag", "ragptune_rag", "deep_ptune", "ptune_s1", "ptune_rag_s1", "deep_ptune_s1",
-                       "ptune_s2", "ptune_rag_s2", "deep_ptune_s2", "chat_ptune", "chat_deep_ptune", "ptune_bf16",
-                       "chat_ptune_s1", "chat_ptune_s2"]
+                       "ptune_s2", "ptune_rag_s2", "deep_ptune_s2", "chat_ptune", "chat_ptune_rag", "chat_deep_ptune",
+                       "chat_ragptune_rag", "ptune_bf16", "chat_ptune_s1", "chat_ptune_rag_s1", "chat_ptune_s2",
+                       "chat_ptune_rag_s2"]
     for arm in trained:
         command = train_command(arm, "qwen2.5-coder-0.5b").split()
         assert command[:4] == ["python", "-m", "gsmswarm", "train-prompt"]
@@ -120,6 +121,23 @@ def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
         "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s2")
     assert arm_config("chat_ptune", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
         "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s0__chat_zeroshot_system")
+    assert arm_config("chat_ragptune_rag", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
+        "prompt_tuning/ptune__local__qwen2.5-coder-0.5b__v16__s0__rag2__chat_rag_context")
+
+
+def test_the_chat_arms_are_the_dev_selections_choice():
+    """The chat family runs, on the test set, the variants the rule picked on the committed dev records: commit
+    dev records that change a choice without changing the arms, and this fails."""
+    from gsmswarm.config import REPO_DIR
+    from gsmswarm.report import recompute
+    from gsmswarm.selection import CANDIDATES, OUTPUT_DIR, candidate_summaries, choose
+
+    found = candidate_summaries(recompute(str(REPO_DIR / OUTPUT_DIR), save=False), model="qwen2.5-coder-0.5b")
+    chosen = {method: next(c for c in CANDIDATES if c.label == label) for method, label in choose(found).items()}
+    chat = FAMILIES["chat"].arms
+    assert chat["chat_zeroshot"].fields == chosen["prompt only"].fields
+    assert chat["chat_rag"].fields == {"method": "rag", **chosen["RAG"].fields}
+    assert {k: v for k, v in chat["chat_ptune"].train.items() if k != "backend"} == chosen["prompt only"].fields
 
 
 def test_the_study_takes_a_soft_prompt_only_once_its_training_ended(tmp_path):
