@@ -189,10 +189,13 @@ def select(model: str, list_only: bool, markdown: Optional[str]) -> None:
             print(f"[{c.method}] {c.label}")
             run(config, gen)
     found = candidate_summaries(recompute(OUTPUT_DIR) if Path(OUTPUT_DIR).is_dir() else [], model=model)
-    if list_only:
+    if list_only:  # counted from the records: a run killed mid-way has no summary yet
+        from .results import read_records
+
         for c in CANDIDATES:
-            done = found[c.label]["metrics"]["answer"]["n"] if c.label in found else 0
-            print(f"{c.method:12} {done:3}/{COMMON['limit']}  {run_name(*candidate_config(c, model=model))}")
+            config, gen = candidate_config(c, model=model)
+            done = len(read_records(Path(config.output_dir) / config.method / f"{run_name(config, gen)}.jsonl"))
+            print(f"{c.method:12} {done:3}/{COMMON['limit']}  {run_name(config, gen)}")
         return
     rows = selection_rows(found)
     print(text_table(rows))
