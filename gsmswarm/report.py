@@ -198,17 +198,17 @@ def run_records(summary: dict) -> List[dict]:
     return graded(read_records(run_path(summary)))
 
 
-def baselines(summaries: List[dict]) -> Dict[str, dict]:
-    """Per model, its plain greedy chain-of-thought run (the default few-shot prompt, no soft prompt) with the
-    most problems: what the model's other runs are compared with. Other prompts of the cot method (the
-    zero-shot control of prompt tuning) are methods, not the baseline. Runs of different models are never
-    paired."""
+def baselines(summaries: List[dict], dtype: str = "float32") -> Dict[str, dict]:
+    """Per model, its plain greedy chain-of-thought run in `dtype` (the default few-shot prompt, no soft prompt)
+    with the most problems: what the model's other runs in that dtype are compared with. Other prompts of the
+    cot method (the zero-shot control of prompt tuning) are methods, not the baseline. Runs of different models
+    or dtypes are never paired."""
     cot_prompt = RunConfig(method="cot").prompt
     out = {}
     for s in summaries:
         config = s["config"]
         if (config["method"] == "cot" and config["prompt"] == cot_prompt and s["n_samples"] == 1
-                and not config.get("soft_prompt")):
+                and not config.get("soft_prompt") and config.get("dtype", "float32") == dtype):
             best = out.get(config["model"])
             if best is None or s["metrics"]["answer"]["n"] > best["metrics"]["answer"]["n"]:
                 out[config["model"]] = s
@@ -216,17 +216,19 @@ def baselines(summaries: List[dict]) -> Dict[str, dict]:
 
 
 def comparison_table(summaries: List[dict]) -> str:
-    """Each run against its model's baseline on their common problems: outcome counts and the exact McNemar p."""
-    bases = baselines(summaries)
+    """Each run against its model's baseline in its own dtype, on their common problems: outcome counts and the
+    exact McNemar p."""
+    dtypes = sorted({s["config"].get("dtype", "float32") for s in summaries})
+    bases = {(m, d): b for d in dtypes for m, b in baselines(summaries, d).items()}
     rows = [("run", "n", "both right", "only run", "only baseline", "both wrong", "McNemar p")]
     for s in summaries:
-        base = bases.get(s["config"]["model"])
+        base = bases.get((s["config"]["model"], s["config"].get("dtype", "float32")))
         if base is None or s["run_id"] == base["run_id"]:
             continue
         p = paired(run_records(s), run_records(base))
         rows.append((s["run_id"], str(p["n"]), str(p["both_right"]), str(p["only_a"]), str(p["only_b"]),
                      str(p["both_wrong"]), f"{p['p_value']:.3f}"))
-    return text_table(rows) + "".join(f"\nbaseline for {m}: {b['run_id']}" for m, b in bases.items())
+    return text_table(rows) + "".join(f"\nbaseline for {m} in {d}: {b['run_id']}" for (m, d), b in bases.items())
 
 
 def maj_table(summaries: List[dict]) -> str:

@@ -115,6 +115,10 @@ def test_each_model_is_compared_with_its_own_chain_of_thought_run():
             summary("small-rag", "smollm2-135m", method="rag")]
     assert {m: b["run_id"] for m, b in baselines(runs).items()} == {"smollm2-135m": "small-cot",
                                                                     "qwen2.5-coder-0.5b": "qwen-cot"}
+    runs.append({**summary("qwen-cot-bf16", "qwen2.5-coder-0.5b", n=1319)})
+    runs[-1]["config"]["dtype"] = "bfloat16"  # more problems, but another dtype: never the float32 runs' baseline
+    assert baselines(runs)["qwen2.5-coder-0.5b"]["run_id"] == "qwen-cot"
+    assert {m: b["run_id"] for m, b in baselines(runs, "bfloat16").items()} == {"qwen2.5-coder-0.5b": "qwen-cot-bf16"}
 
 
 def test_method_comparison_pairs_runs_on_the_problems_all_finished():
