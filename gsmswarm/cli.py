@@ -166,9 +166,10 @@ def study(arms: Sequence[str], family: Optional[str], common: dict, list_only: b
         print(format_table([run(config, gen)]))
 
 
-def select(model: str, list_only: bool, markdown: Optional[str]) -> None:
-    """The chat regime's dev selection: run the missing candidates (each resumable) unless only a table is asked
-    for, then print the table and the variant chosen per method; with `markdown`, rewrite that file's table."""
+def select(model: str, list_only: bool, markdown: Optional[str], only: Sequence[str] = ()) -> None:
+    """The chat regime's dev selection: run the missing candidates (each resumable; of the `only` methods where
+    given) unless only a table is asked for, then print the table and the variant chosen per method; with
+    `markdown`, rewrite that file's table."""
     from .report import markdown_table, recompute, replace_generated, text_table
     from .results import run_name
     from .selection import (CANDIDATES, COMMON, MARKERS, OUTPUT_DIR, RULE, candidate_config, candidate_summaries,
@@ -176,12 +177,17 @@ def select(model: str, list_only: bool, markdown: Optional[str]) -> None:
 
     if markdown and not Path(markdown).is_file():
         raise UserError(f"--markdown {markdown}: no such file")
+    methods = list(dict.fromkeys(c.method for c in CANDIDATES))
+    if any(m not in methods for m in only):
+        raise UserError(f"--only {' '.join(only)}: the methods are {', '.join(repr(m) for m in methods)}")
     if not (list_only or markdown):
         from .engine import run
         from .study import training_command
         from .tuning import unfinished
 
         for c in CANDIDATES:
+            if only and c.method not in only:
+                continue
             config, gen = candidate_config(c, model=model)
             if config.soft_prompt and (why := unfinished(config.soft_prompt)):
                 print(f"[{c.method}] {c.label}: skipped, {why}; train it with {training_command(c.train, model)}")
@@ -240,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "200 dev problems (resumable) and print which one is strongest")
     p_sel.add_argument("--model", default="qwen2.5-coder-0.5b", help="model whose variants are selected")
     p_sel.add_argument("--list", action="store_true", help="print each candidate's run and how far it got; run nothing")
+    p_sel.add_argument("--only", nargs="+", default=(), metavar="METHOD", help="run only these methods' candidates "
+                       "('prompt only', RAG, agent, PT), e.g. the cheap part of a larger model's selection")
     p_sel.add_argument("--markdown", metavar="FILE", help="run nothing; rewrite the table part of FILE (between "
                        "its results markers), e.g. docs/chat_regime.md")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")
@@ -284,7 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             summarize(args.output_dir, args.markdown)
             return 0
         if args.command == "select":
-            select(args.model, args.list, args.markdown)
+            select(args.model, args.list, args.markdown, args.only)
             return 0
         if args.command == "train-prompt":
             from .tuning import train

@@ -15,7 +15,7 @@ A_FILE = str(REPO_DIR / "README.md")  # a folder flag given a file
 BAD = {
     "--backend": "gpu", "--model": "/nope", "--initial-peers": "localhost:1", "--dht-prefix": "a.b",
     "--num-servers": "0", "--device": "tpu", "--dtype": "int4", "--method": "magic", "--prompt": "nope",
-    "--soft-prompt": "/nope", "--split": "val", "--limit": "0", "--output-dir": A_FILE, "--rag-k": "0", "--search-k": "0", "--max-steps": "0", "--family": "nope",
+    "--soft-prompt": "/nope", "--split": "val", "--limit": "0", "--output-dir": A_FILE, "--rag-k": "0", "--search-k": "0", "--max-steps": "0", "--family": "nope", "--only": "nope",
     "--rag-order": "random", "--embedder": "/nope", "--index-dir": A_FILE, "--batch-size": "0",
     "--sandbox": "docker", "--max-new-tokens": "0", "--temperature": "-1", "--top-p": "2", "--top-k": "-1",
     "--samples": "0", "--seed": "x", "--stop": "", "--tuning-mode": "x", "--num-virtual-tokens": "0",
