@@ -1,4 +1,5 @@
 """Every notebook runs top to bottom on the embedded model and the committed results."""
+import json
 from pathlib import Path
 
 import nbformat
@@ -19,12 +20,36 @@ def test_notebook_executes(path, tmp_path):
     if path.stem.startswith("08_"):
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         cell.source += f"\nTABLE_FILE = {str(table)!r}"
+    shows_arms = any("SHOWN = " in c.source for c in nb.cells if c.cell_type == "code")
+    if shows_arms:  # what the notebook's tables show under each label, read back after it ran
+        nb.cells.append(nbformat.v4.new_code_cell("import json\nprint('SHOWN ' + json.dumps(SHOWN))"))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    if shows_arms:
+        shown = json.loads(nb.cells[-1].outputs[0]["text"].split("SHOWN ", 1)[1])
+        _check_shown(path.stem, shown)
     if path.stem.startswith("08_"):
         committed = path.parent.parent / "method_results" / "runs.csv"
         assert table.read_text() == committed.read_text(), "runs.csv is stale: re-execute notebook 08 and commit it"
+
+
+def _check_shown(notebook: str, shown: dict) -> None:
+    """With its default parameters a notebook shows, for the study model, the study's runs on all 1,319 test
+    problems with the local engine: never a 100-problem swarm check, a dev run or a run of another dtype under an
+    arm's label (notebook 05 once showed the swarm check's RAG where its text reported the local run)."""
+    from gsmswarm.config import REPO_DIR
+    from gsmswarm.results import load_runs, read_records
+
+    runs = {r["run_id"]: r for r in load_runs(str(REPO_DIR / "method_results"))}
+    assert shown, f"{notebook} shows no run"
+    for label, run_id in shown.items():
+        run = runs[run_id]
+        if run["config"]["model"] != "qwen2.5-coder-0.5b":
+            continue
+        n = len(read_records(Path(run["path"]).with_name(run_id + ".jsonl")))
+        assert (run["config"]["backend"], run["config"].get("split", "test"), n) == ("local", "test", 1319), (
+            f"{notebook} shows {run_id} ({run['config']['backend']}, {n} problems) as {label!r}")
 
 
 def test_notebooks_are_committed_executed_in_order():
