@@ -123,7 +123,7 @@ def summarize(output_dir: str, markdown: Sequence[str] = ()) -> None:
     if results:
         plots.append(Path(output_dir) / "accuracy.png")
         plot_forest({model: r["shown"] for model, r in results.items()}, plots[-1])
-        if any(f["comparisons"] for r in results.values() for f in r["families"].values()):
+        if any(f["claims"] for r in results.values() for f in r["families"].values()):
             plots.append(Path(output_dir) / "differences.png")
             plot_differences(results, plots[-1])
     if any(r["maj_curve"] for r in runs):
