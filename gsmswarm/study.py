@@ -50,7 +50,7 @@ class Family(NamedTuple):
 # prompt-only one, and RAG's (the retrieved problems as reference text in the user turn)
 CHAT = {"prompt": "chat_zeroshot_system"}
 CHAT_RAG = {"method": "rag", "prompt": "chat_rag_context", "rag_k": 2}
-FAMILIES = {
+_DECLARED = {  # each seeded arm's later seeds are added below (FAMILIES)
     "plain": Family(
         "plain `Q:`/`A:` prompts, float32", "cot", {"dtype": "float32"},
         {"cot": Arm("CoT 8-shot", {"method": "cot"}),
@@ -110,7 +110,7 @@ def seeded(arm: str, seed: int) -> str:
     return arm if seed == 0 else f"{arm}_s{seed}"
 
 
-FAMILIES = {name: _with_seeds(f) for name, f in FAMILIES.items()}
+FAMILIES = {name: _with_seeds(f) for name, f in _DECLARED.items()}
 ARMS = {key: arm for f in FAMILIES.values() for key, arm in f.arms.items()}  # every family's, keys unique
 FAMILY_OF = {key: name for name, f in FAMILIES.items() for key in f.arms}
 ARM_FIELDS = sorted({k for f in FAMILIES.values() for k in f.fields}
