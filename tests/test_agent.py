@@ -61,13 +61,14 @@ def test_a_trace_searches_calculates_and_finishes(sandbox):
 def test_refused_unknown_and_stray_brackets_are_observations_not_errors(sandbox):
     record, backend, _ = solve([(" See note [1", "]"),  # not an action: generation goes on
                                 (" below.\nAction 1: calculate[3 apples * 2", "]"),
-                                ("Thought 2: Hm.\nAction 2: lookup[apples", "]"),
+                                ("Thought 2: Hm. Action 2: lookup[apples", "]"),
                                 ("Thought 3: I give up.", "\n\n")], sandbox)
     assert [s["action"] for s in record["trace"]] == ["calculate", "lookup"]
     assert record["trace"][0]["thought"] == "See note [1] below."
     assert record["trace"][0]["value"] is None
     assert record["trace"][0]["observation"] == "cannot calculate '3 apples * 2': only numbers and + - * / ( ) %"
     assert record["trace"][1]["observation"] == "unknown action lookup: the actions are search, calculate, finish"
+    assert record["trace"][1]["thought"] == "Hm."  # on the action's own line
     assert (record["stop_reason"], record["pred"], record["correct"]) == ("no_action", "[invalid]", False)
     assert len(backend.seen) == 4
 

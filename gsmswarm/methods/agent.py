@@ -85,7 +85,8 @@ def solve(problem: Problem, backend, template: str, gen, index, k: int, max_step
         if action is None:  # a "]" outside an action (a thought's "[1]"): generation goes on
             continue
         name, argument = action.group(1), action.group(2).strip()
-        step = {"thought": _THOUGHT.sub("", "\n".join(lines[:-1])).strip(), "action": name, "argument": argument}
+        thought = "\n".join([*lines[:-1], lines[-1][:action.start()]])  # a thought may share the action's line
+        step = {"thought": _THOUGHT.sub("", thought).strip(), "action": name, "argument": argument}
         trace.append(step)
         if name == "finish":
             step["observation"], answer, stop_reason = None, FILTERS["flexible"](argument), "finish"
