@@ -152,8 +152,8 @@ def answer_markdown(results: Dict[str, dict]) -> str:
             if not f["claims"]:
                 continue
             n = sorted({c["n"] for claim in f["claims"] for c in claim["comparisons"]})
-            lines = [f"**{model}**, {FAMILIES[name].title}, {' to '.join(map(str, n[::max(len(n) - 1, 1)]))} test "
-                     f"problems (Holm across {len(f['comparisons'])} comparisons):"]
+            lines = [f"**{model}**, {FAMILIES[name].title}, {' to '.join(f'{x:,}' for x in n[::max(len(n) - 1, 1)])} "
+                     f"test problems (Holm across {len(f['comparisons'])} comparisons):"]
             for claim in f["claims"]:
                 lines.append(f"- *{claim['claim']}*: **{claim['verdict']}**; "
                              + "; ".join(claim_difference(c) for c in claim["comparisons"]))
