@@ -11,8 +11,8 @@ from .config import RunConfig, UserError
 from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, load_runs, read_records, write_json
-from .study import (ALPHA, ARMS, FAMILIES, claim_difference, comparison_rows, find_arms, pending_claims, shown_arms,
-                    swarm_rows, verdict_rows, verdicts)
+from .study import (ALPHA, ARMS, FAMILIES, claim_difference, claim_seeds, comparison_rows, find_arms, pending_claims,
+                    shown_arms, swarm_rows, verdict_rows, verdicts)
 
 # Generated parts of markdown files, written by `python -m gsmswarm summarize --markdown FILE` and checked
 # against the records by tests/test_study.py, so no table or figure in prose can drift from the data: the
@@ -155,7 +155,10 @@ def answer_markdown(results: Dict[str, dict]) -> str:
             lines = [f"**{model}**, {FAMILIES[name].title}, {' to '.join(f'{x:,}' for x in n[::max(len(n) - 1, 1)])} "
                      f"test problems (Holm across {len(f['comparisons'])} comparisons):"]
             for claim in f["claims"]:
-                lines.append(f"- *{claim['claim']}*: **{claim['verdict']}**; "
+                defined = len(claim_seeds(next(c for c in FAMILIES[name].claims if c.text == claim["claim"]), name))
+                seeds = (f" at seed{'s' if len(claim['seeds']) > 1 else ''} {', '.join(map(str, claim['seeds']))} "
+                         f"(of {defined} seeds)" if defined > 1 else "")
+                lines.append(f"- *{claim['claim']}*: **{claim['verdict']}**{seeds}; "
                              + "; ".join(claim_difference(c) for c in claim["comparisons"]))
             lines += [f"- *{line}.*" for line in f["pending"]]
             parts.append("\n".join(lines))
