@@ -137,14 +137,29 @@ def summarize(output_dir: str, markdown: Sequence[str] = ()) -> None:
         print(f"{name}: generated parts rewritten from the records")
 
 
+def _run_trained(tag: str, label: str, config: RunConfig, gen: GenerationConfig, train: Optional[dict],
+                 model: str) -> Optional[dict]:
+    """Run one arm or candidate (resumable) and return its summary; or, where its soft prompt has not been trained
+    to its last step yet, skip it with the command that trains (or resumes) it, and return None."""
+    from .study import training_command
+    from .tuning import unfinished
+
+    if config.soft_prompt and (why := unfinished(config.soft_prompt)):
+        print(f"[{tag}] skipped: {why}; train it with {training_command(train, model)}")
+        return None
+    from .engine import run
+
+    print(f"[{tag}] {label}")
+    return run(config, gen)
+
+
 def study(arms: Sequence[str], family: Optional[str], common: dict, list_only: bool) -> None:
     """Run the study's arms in order (every arm an ordinary resumable run; all of them, or `family`'s, unless
     named); skip an arm whose soft prompt has not been trained to its last step yet, saying how to train it (a
     rerun of that command resumes)."""
     from .report import format_table
-    from .results import run_name
-    from .study import ARMS, FAMILIES, FAMILY_OF, arm_config, train_command
-    from .tuning import unfinished
+    from .results import records_path
+    from .study import ARMS, FAMILIES, FAMILY_OF, arm_config
 
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -154,16 +169,9 @@ def study(arms: Sequence[str], family: Optional[str], common: dict, list_only: b
     for arm in arms or (FAMILIES[family].arms if family else ARMS):
         config, gen = arm_config(arm, **common)
         if list_only:
-            print(f"{FAMILY_OF[arm]:6} {arm:18} {ARMS[arm].label:26} "
-                  f"{config.output_dir}/{config.method}/{run_name(config, gen)}.jsonl")
-            continue
-        if config.soft_prompt and (why := unfinished(config.soft_prompt)):
-            print(f"[{arm}] skipped: {why}; train it with {train_command(arm, common.get('model', config.model))}")
-            continue
-        from .engine import run
-
-        print(f"[{arm}] {ARMS[arm].label}")
-        print(format_table([run(config, gen)]))
+            print(f"{FAMILY_OF[arm]:6} {arm:18} {ARMS[arm].label:26} {records_path(config, gen)}")
+        elif summary := _run_trained(arm, ARMS[arm].label, config, gen, ARMS[arm].train, config.model):
+            print(format_table([summary]))
 
 
 def select(model: str, list_only: bool, markdown: Optional[str], only: Sequence[str] = ()) -> None:
@@ -171,37 +179,24 @@ def select(model: str, list_only: bool, markdown: Optional[str], only: Sequence[
     given) unless only a table is asked for, then print the table and the variant chosen per method; with
     `markdown`, rewrite that file's table."""
     from .report import markdown_table, recompute, replace_generated, text_table
-    from .results import run_name
-    from .selection import (CANDIDATES, COMMON, MARKERS, OUTPUT_DIR, RULE, candidate_config, candidate_summaries,
-                            choose, selection_rows)
+    from .results import read_records, records_path, run_name
+    from .selection import (CANDIDATES, COMMON, MARKERS, METHODS, OUTPUT_DIR, RULE, candidate_config,
+                            candidate_summaries, choose, selection_rows)
 
     if markdown and not Path(markdown).is_file():
         raise UserError(f"--markdown {markdown}: no such file")
-    methods = list(dict.fromkeys(c.method for c in CANDIDATES))
-    if any(m not in methods for m in only):
-        raise UserError(f"--only {' '.join(only)}: the methods are {', '.join(repr(m) for m in methods)}")
+    if any(m not in METHODS for m in only):
+        raise UserError(f"--only {' '.join(only)}: the methods are {', '.join(repr(m) for m in METHODS)}")
     if not (list_only or markdown):
-        from .engine import run
-        from .study import training_command
-        from .tuning import unfinished
-
         for c in CANDIDATES:
-            if only and c.method not in only:
-                continue
-            config, gen = candidate_config(c, model=model)
-            if config.soft_prompt and (why := unfinished(config.soft_prompt)):
-                print(f"[{c.method}] {c.label}: skipped, {why}; train it with {training_command(c.train, model)}")
-                continue
-            print(f"[{c.method}] {c.label}")
-            run(config, gen)
+            if not only or c.method in only:
+                _run_trained(c.method, c.label, *candidate_config(c, model=model), c.train, model)
     found = candidate_summaries(recompute(OUTPUT_DIR) if Path(OUTPUT_DIR).is_dir() else [], model=model)
     if list_only:  # counted from the records: a run killed mid-way has no summary yet
-        from .results import read_records
-
         for c in CANDIDATES:
             config, gen = candidate_config(c, model=model)
-            done = len(read_records(Path(config.output_dir) / config.method / f"{run_name(config, gen)}.jsonl"))
-            print(f"{c.method:12} {done:3}/{COMMON['limit']}  {run_name(config, gen)}")
+            print(f"{c.method:12} {len(read_records(records_path(config, gen))):3}/{COMMON['limit']}  "
+                  f"{run_name(config, gen)}")
         return
     rows = selection_rows(found)
     print(text_table(rows))
@@ -312,12 +307,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         summary = run(config, gen)
         from .report import format_table
+        from .results import records_path
 
         print(format_table([summary]))
         m = summary["metrics"]["answer"]
         print(f"{config.method} {config.split} n={m['n']} acc={m['accuracy']:.3f} invalid={m['invalid_rate']:.2f} "
-              f"wall={time.perf_counter() - start:.0f}s -> "
-              f"{config.output_dir}/{config.method}/{summary['run_id']}.jsonl")
+              f"wall={time.perf_counter() - start:.0f}s -> {records_path(config, gen)}")
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

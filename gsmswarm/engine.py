@@ -41,7 +41,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     from .methods import SAMPLING_METHODS, get_method
     from .prompts import chat_generation, check_slots, load_prompt, prompt_hash
     from .report import summarize_run
-    from .results import ResultsWriter, git_commit, run_name
+    from .results import ResultsWriter, git_commit, records_path, run_name
 
     method = get_method(config.method)
     if config.method in SAMPLING_METHODS and gen.n < 2:
@@ -58,8 +58,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
 
         soft_prompt = load_soft_prompt(config.soft_prompt)
     settings = method.run_settings(config) if hasattr(method, "run_settings") else {}
-    name = run_name(config, gen)
-    path = Path(config.output_dir) / config.method / f"{name}.jsonl"
+    name, path = run_name(config, gen), records_path(config, gen)
     base = {"run_id": name, "method": config.method, "backend": config.backend, "model": config.model,
             "prompt": config.prompt, "prompt_hash": prompt_hash(template), "gen": as_dict(gen),
             "split": config.split, "commit": git_commit(), "dtype": config.dtype,

@@ -11,7 +11,7 @@ from .config import RunConfig, UserError
 from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import graded, load_runs, read_records, write_json
-from .study import (ALPHA, ARMS, FAMILIES, claim_difference, claim_seeds, comparison_rows, find_arms, pending_claims,
+from .study import (ALPHA, ARMS, FAMILIES, claim_difference, comparison_rows, find_arms, pending_claims,
                     shown_arms, swarm_rows, verdict_rows, verdicts)
 
 # Generated parts of markdown files, written by `python -m gsmswarm summarize --markdown FILE` and checked
@@ -155,14 +155,25 @@ def answer_markdown(results: Dict[str, dict]) -> str:
             lines = [f"**{model}**, {FAMILIES[name].title}, {' to '.join(f'{x:,}' for x in n[::max(len(n) - 1, 1)])} "
                      f"test problems (Holm across {len(f['comparisons'])} comparisons):"]
             for claim in f["claims"]:
-                defined = len(claim_seeds(next(c for c in FAMILIES[name].claims if c.text == claim["claim"]), name))
                 seeds = (f" at seed{'s' if len(claim['seeds']) > 1 else ''} {', '.join(map(str, claim['seeds']))} "
-                         f"(of {defined} seeds)" if defined > 1 else "")
+                         f"(of {claim['of_seeds']} seeds)" if claim["of_seeds"] > 1 else "")
                 lines.append(f"- *{claim['claim']}*: **{claim['verdict']}**{seeds}; "
                              + "; ".join(claim_difference(c) for c in claim["comparisons"]))
             lines += [f"- *{line}.*" for line in f["pending"]]
             parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def holm_phrase(results: Dict[str, dict], model: str, a: str, b: str, n: int) -> str:
+    """`; Holm-adjusted across the study's N comparisons p = x: significant` for the study's comparison of arm a
+    with arm b (`study_results`), where it compares these very `n` problems; '' where it does not. What a
+    notebook prints beside a raw McNemar p, so no raw p goes without its family's correction."""
+    for f in results.get(model, {}).get("families", {}).values():
+        for c in f["comparisons"]:
+            if (c["a"], c["b"]) == (a, b) and c["n"] == n:
+                return (f"; Holm-adjusted across the study's {len(f['comparisons'])} comparisons p = {c['p_holm']:.2g}: "
+                        + ("significant" if c["p_holm"] < ALPHA else "not significant"))
+    return ""
 
 
 def generated_parts(text: str, where: str, results: Dict[str, dict]) -> str:

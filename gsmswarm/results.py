@@ -84,6 +84,11 @@ def run_name(config, gen) -> str:
             f"__t{gen.temperature:g}__s{gen.seed}{dtype}")
 
 
+def records_path(config, gen) -> Path:
+    """Where `run` appends a run's records: `<output_dir>/<method>/<run name>.jsonl`."""
+    return Path(config.output_dir) / config.method / f"{run_name(config, gen)}.jsonl"
+
+
 def git_commit(repo: Path = REPO_DIR) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,

@@ -48,6 +48,8 @@ CANDIDATES = [
               {"backend": "petals", "prompt": "chat_zeroshot_system", "tuning_mode": "deep_ptune"}),
 ]
 
+METHODS = tuple(dict.fromkeys(c.method for c in CANDIDATES))  # the method families, in the table's order
+
 
 def candidate_config(c: Candidate, **common) -> Tuple[RunConfig, GenerationConfig]:
     from .study import run_configs
@@ -68,7 +70,7 @@ def choose(found: Dict[str, dict]) -> Dict[str, str]:
     """Per method family, the label of the variant RULE picks among those run on all the dev problems (a run
     still going is listed in the table but cannot be chosen: a few lucky problems would win)."""
     chosen = {}
-    for method in dict.fromkeys(c.method for c in CANDIDATES):
+    for method in METHODS:
         runs = [(c.label, found[c.label]) for c in CANDIDATES if c.method == method and c.label in found
                 and found[c.label]["metrics"]["answer"]["n"] >= COMMON["limit"]]
         if not runs:

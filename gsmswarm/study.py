@@ -139,17 +139,6 @@ def run_configs(fields: dict, train: Optional[dict] = None) -> Tuple[RunConfig, 
             GenerationConfig(**{k: v for k, v in fields.items() if k not in run_keys}))
 
 
-def arm_training(arm: str, model: str) -> Optional[TuningConfig]:
-    """The train-prompt settings that make an arm's soft prompt (None for an arm without one)."""
-    train = ARMS[arm].train
-    return None if train is None else TuningConfig(model=model, **train)
-
-
-def train_command(arm: str, model: str) -> str:
-    """The command line that trains an arm's soft prompt (what `study` tells a user whose prompt is missing)."""
-    return training_command(ARMS[arm].train, model)
-
-
 def training_command(train: dict, model: str) -> str:
     """The `train-prompt` command line of these TuningConfig fields for `model`."""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"model": model, **train}.items())
@@ -196,8 +185,8 @@ def verdicts(records: Dict[str, List[dict]], family: str = "plain",
     by_pair = {(c["a"], c["b"]): c for c in comparisons}
     claims = []
     for claim in fam.claims:
-        per_seed = {}  # seed -> (its comparisons, its verdict)
-        for seed, arm, beats in claim_seeds(claim, family):
+        per_seed, at = {}, claim_seeds(claim, family)  # seed -> (its comparisons, its verdict)
+        for seed, arm, beats in at:
             found = [by_pair[(arm, b)] for b in beats if (arm, b) in by_pair]
             if len(found) == len(beats):
                 outcomes = [c["outcome"] for c in found]
@@ -206,7 +195,7 @@ def verdicts(records: Dict[str, List[dict]], family: str = "plain",
         if 0 not in per_seed:
             continue
         verdict = {v for _, v in per_seed.values()}
-        claims.append({"claim": claim.text, "arm": claim.arm, "seeds": sorted(per_seed),
+        claims.append({"claim": claim.text, "arm": claim.arm, "seeds": sorted(per_seed), "of_seeds": len(at),
                        "comparisons": [c for found, _ in per_seed.values() for c in found],
                        "verdict": verdict.pop() if len(verdict) == 1 else "undecided"})
     return comparisons, claims

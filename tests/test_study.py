@@ -8,7 +8,7 @@ from conftest import cli
 
 from gsmswarm.config import TuningConfig
 from gsmswarm.results import run_name
-from gsmswarm.study import (ARMS, FAMILIES, arm_config, find_arms, pending_claims, swarm_rows, train_command,
+from gsmswarm.study import (ARMS, FAMILIES, arm_config, find_arms, pending_claims, swarm_rows, training_command,
                             verdicts)
 from gsmswarm.tuning import folder_name
 
@@ -111,7 +111,7 @@ def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
                        "chat_ragptune_rag", "ptune_bf16", "chat_ptune_s1", "chat_ptune_rag_s1", "chat_ptune_s2",
                        "chat_ptune_rag_s2"]
     for arm in trained:
-        command = train_command(arm, "qwen2.5-coder-0.5b").split()
+        command = training_command(ARMS[arm].train, "qwen2.5-coder-0.5b").split()
         assert command[:4] == ["python", "-m", "gsmswarm", "train-prompt"]
         config = _build(TuningConfig, build_parser().parse_args(command[3:]))
         assert arm_config(arm, model="qwen2.5-coder-0.5b")[0].soft_prompt == f"prompt_tuning/{folder_name(config)}"
