@@ -46,6 +46,16 @@ def accuracy(records: List[dict], filter_name: str = "answer") -> Dict[str, floa
     return _proportion([p == r["gold"] for p, r in zip(preds, records)], [p == INVALID for p in preds])
 
 
+def well_formed(record: dict) -> bool:
+    """Whether a record's (first) answer is in its prompt's own form: the strict ("The answer is N") or boxed
+    filter read one; PAL (no text filters): its program returned a number. The flexible filter's last-number
+    fallback does not count, so a format failure is seen apart from a reasoning failure."""
+    preds = record["preds"]
+    if "strict" not in preds:
+        return record["pred"] != INVALID
+    return any(preds[f][0] != INVALID for f in ("strict", "boxed") if f in preds)
+
+
 def answer_preds(record: dict) -> List[str]:
     """Each completion's answer; recomputed from the raw completions for records that predate the 'answer' filter."""
     return record["preds"].get("answer") or [extract_answer(c) for c in record["completions"]]
