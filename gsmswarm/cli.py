@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_sel.add_argument("--model", default="qwen2.5-coder-0.5b", help="model whose variants are selected")
     p_sel.add_argument("--list", action="store_true", help="print each candidate's run and how far it got; run nothing")
     p_sel.add_argument("--only", nargs="+", default=(), metavar="METHOD", help="run only these methods' candidates "
-                       "('prompt only', RAG, agent, PT), e.g. the cheap part of a larger model's selection")
+                       "('prompt only', RAG, agent, PT, 'deep PT'), e.g. the cheap part of a larger model's selection")
     p_sel.add_argument("--markdown", metavar="FILE", help="run nothing; rewrite the table part of FILE (between "
                        "its results markers), e.g. docs/chat_regime.md")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")

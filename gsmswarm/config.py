@@ -213,6 +213,10 @@ class TuningConfig(BackendConfig):
     context: str = _help("'none' (the question alone) or 'rag' (the --rag-k nearest other training problems as "
                          "exemplars in front of each question, as --method rag shows them)", default="none")
     rag_k: int = _help("context rag: training problems retrieved as exemplars", default=8)
+    target: str = _help("what the model learns to write: 'reference' (each training problem's worked solution "
+                        "from the dataset) or 'own' (the model's own correct answers, from a run of the training "
+                        "prompt on the first train problems: self-distillation; see gsmswarm/tuning.py)",
+                        default="reference")
     prompt: Optional[str] = _help("prompt file the training questions are rendered with (default: qa_zeroshot; "
                                   "rag_cot with --context rag)", default=None)
     steps: int = _help("optimizer steps", default=120)
@@ -222,7 +226,7 @@ class TuningConfig(BackendConfig):
                                             "with --context rag)", default=None)
     lr: float = _help("AdamW learning rate", default=1e-2)
     max_length: Optional[int] = _help("longest training sequence in tokens, longer solutions are cut (default: 320; "
-                                      "1800 with --context rag)", default=None)
+                                      "1024 with --target own; 1800 with --context rag)", default=None)
     eval_every: int = _help("steps between dev-loss evaluations and checkpoints", default=20)
     dev_limit: int = _help("dev problems used for the dev loss (early stopping keeps the best)", default=32)
     seed: int = _help("seed for initialisation order and batches", default=0)
@@ -237,11 +241,15 @@ class TuningConfig(BackendConfig):
             raise UserError(f"--tuning-mode must be ptune or deep_ptune, got {self.tuning_mode!r}")
         if self.context not in ("none", "rag"):
             raise UserError(f"--context must be none or rag, got {self.context!r}")
+        if self.target not in ("reference", "own"):
+            raise UserError(f"--target must be reference or own, got {self.target!r}")
+        if self.target == "own" and self.context == "rag":
+            raise UserError("--target own learns answers written without retrieved exemplars: use it with --context none")
         rag = self.context == "rag"
         if self.prompt is None:
             object.__setattr__(self, "prompt", "rag_cot" if rag else "qa_zeroshot")
         if self.max_length is None:
-            object.__setattr__(self, "max_length", 1800 if rag else 320)
+            object.__setattr__(self, "max_length", 1800 if rag else 1024 if self.target == "own" else 320)
         if self.micro_batch_size is None:
             object.__setattr__(self, "micro_batch_size", 1 if rag else self.batch_size)
         if self.tuning_mode == "deep_ptune" and self.backend == "local":

@@ -40,10 +40,15 @@ CANDIDATES = [
     Candidate("agent", "plain ReAct, 8 example traces", {"method": "agent"}),
     Candidate("agent", "chat ReAct, the 8 example traces as turns", {"method": "agent", "prompt": "chat_agent_8shot"}),
     # a soft prompt in front of the strongest zero-shot chat prompt (the system-turn instruction, 0.310 on dev
-    # against 0.290 in the user turn), trained through the swarm on the reference solutions as the answer turn
-    Candidate("PT", "ptune, 16 tokens, trained in front of chat zero-shot (system turn)",
+    # against 0.290 in the user turn), trained through the swarm to write the dataset's reference solutions as the
+    # answer turn, or the model's own correct answers (self-distillation, gsmswarm.tuning); deep PT then learns
+    # the target PT's choice takes
+    Candidate("PT", "ptune, 16 tokens, trained on the reference solutions",
               {"prompt": "chat_zeroshot_system"}, {"backend": "petals", "prompt": "chat_zeroshot_system"}),
-    Candidate("PT", "deep ptune, 16 tokens, trained in front of chat zero-shot (system turn)",
+    Candidate("PT", "ptune, 16 tokens, trained on the model's own correct answers",
+              {"prompt": "chat_zeroshot_system"},
+              {"backend": "petals", "prompt": "chat_zeroshot_system", "target": "own"}),
+    Candidate("deep PT", "deep ptune, 16 tokens, trained on the reference solutions",
               {"prompt": "chat_zeroshot_system"},
               {"backend": "petals", "prompt": "chat_zeroshot_system", "tuning_mode": "deep_ptune"}),
 ]

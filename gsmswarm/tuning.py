@@ -12,19 +12,28 @@ positions, and a batch may pass in micro-batches (`--micro-batch-size`) whose lo
 ~1,300 tokens of retrieved exemplars the full-vocabulary logits and attention maps of a whole batch would not
 fit in memory, and neither changes the step.
 
+What it learns to write (`--target`): each training problem's worked solution from the dataset, or, with `own`,
+the model's own answers to the training problems it solved (self-distillation, as in STaR's rationale
+bootstrapping, here without a second round). The first is terse GSM8K text; an instruct model prompted in its
+chat format reasons in a longer style of its own, and a soft prompt trained on the terse text may win or lose by
+changing that style rather than by what it knows. The own answers come from an ordinary run of the training prompt
+alone (`OWN_SOLUTIONS`: greedy, the first 1,500 train problems, its records committed like any run); those graded
+correct and not cut by the token limit are the targets, the training problems and the dev problems among them
+each, so the dev loss that stops training early is measured on the same kind of text.
+
 A run folder `prompt_tuning/<name>/` holds `soft_prompt.safetensors` (the prompt with the best dev loss;
 backend-neutral tensors, loaded into either backend by `load_soft_prompt`), `config.json` (what made it),
 `train_log.jsonl` (one line per step, plus dev evaluations), `checkpoint.pt` (last state, for resuming) and,
 with `--context rag`, `rag_context.json` (the exemplars each training and dev problem was shown).
 """
+import dataclasses
 import json
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .config import TuningConfig, UserError, as_dict, one_line
 from .data import Problem, dev_indices, load_split
@@ -33,9 +42,13 @@ from .prompts import check_slots, load_prompt, prompt_hash, render
 SOFT_PROMPT_FILE, CONFIG_FILE, LOG_FILE, CHECKPOINT_FILE, CONTEXT_FILE = (
     "soft_prompt.safetensors", "config.json", "train_log.jsonl", "checkpoint.pt", "rag_context.json")
 SWARM_STEP_TRIES = 3  # a training step's tries through the swarm (retry_swarm_step)
+# `--target own`: the run whose correct answers a soft prompt learns, with the model and the training prompt;
+# bfloat16, the dtype of the chat family the own-answer prompts are compared in
+OWN_SOLUTIONS = {"method": "cot", "backend": "local", "dtype": "bfloat16", "split": "train", "limit": 1500,
+                 "output_dir": "method_results/train"}
 
 
-@dataclass
+@dataclasses.dataclass
 class SoftPrompt:
     mode: str  # 'ptune' or 'deep_ptune'
     prompts: "torch.Tensor"  # [N, hidden]: prepended to the input embeddings
@@ -121,23 +134,49 @@ def unfinished(folder) -> Optional[str]:
     return None if done >= steps else f"soft prompt {folder} trained {done} of {steps} steps so far"
 
 
-def target_ids(problem: Problem, template, tokenizer) -> List[int]:
-    """What the model learns to write. After a plain prompt's 'A:': the solution as an exemplar shows it, then
-    the exemplars' separator, so a tuned prompt ends its answers where CoT's stop strings cut them. After a chat
-    prompt's assistant header: the solution as the answer turn, then the model's end-of-turn token."""
+def target_ids(problem: Problem, template, tokenizer, solution: Optional[str] = None) -> List[int]:
+    """What the model learns to write: `solution` (an own answer, `--target own`), else the reference solution as
+    an exemplar shows it. After a plain prompt's 'A:': the text, then the exemplars' separator, so a tuned prompt
+    ends its answers where CoT's stop strings cut them. After a chat prompt's assistant header: the text as the
+    answer turn, then the model's end-of-turn token."""
+    text = problem.chain_of_thought if solution is None else solution.strip()
     if getattr(template, "chat", False):
-        return tokenizer(problem.chain_of_thought, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return tokenizer(f" {problem.chain_of_thought}\n\n", add_special_tokens=False).input_ids
+        return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return tokenizer(f" {text}\n\n", add_special_tokens=False).input_ids
 
 
-def encode_example(problem: Problem, template: str, tokenizer, max_length: int,
-                   exemplars: Optional[str] = None) -> Tuple[List[int], int]:
+def encode_example(problem: Problem, template: str, tokenizer, max_length: int, exemplars: Optional[str] = None,
+                   solution: Optional[str] = None) -> Tuple[List[int], int]:
     """Token ids of prompt + target and the prompt's length. The prompt is tokenized alone, as evaluation
     tokenizes it, so training sees exactly the prompt tokens the model will later continue. `exemplars` fill
     the slot of a rag template (`--context rag`, see `rag_context`)."""
     slots = {} if exemplars is None else {"exemplars": exemplars}
     prompt_ids = tokenizer(render(template, question=problem.question, **slots)).input_ids
-    return (prompt_ids + target_ids(problem, template, tokenizer))[:max_length], len(prompt_ids)
+    return (prompt_ids + target_ids(problem, template, tokenizer, solution))[:max_length], len(prompt_ids)
+
+
+def own_solutions_run(model: str, prompt: str):
+    """The RunConfig and GenerationConfig of the run `--target own` learns from (`OWN_SOLUTIONS`)."""
+    from .study import run_configs
+
+    return run_configs({**OWN_SOLUTIONS, "model": model, "prompt": prompt})
+
+
+def own_solutions(model: str, prompt: str) -> Tuple[Dict[int, str], Path]:
+    """`--target own`: per train problem (dev ones included) that `own_solutions_run` answered correctly, without
+    running into the token limit, the answer it wrote; and its records file. UserError, with the command that
+    makes them, while that run has not answered all its problems: a soft prompt learns from one fixed set."""
+    from .results import read_records, records_path
+
+    run, gen = own_solutions_run(model, prompt)
+    path = records_path(run, gen)
+    records = [r for r in read_records(path) if not r.get("error")]
+    if len(records) < run.limit:
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {**OWN_SOLUTIONS, "model": model,
+                                                                     "prompt": prompt}.items())
+        raise UserError(f"--target own learns from {path}, which holds {len(records)} of its {run.limit} answers; "
+                        f"make them first (resumable): python -m gsmswarm run {flags}")
+    return {r["idx"]: r["completions"][0] for r in records if r["correct"] and not r["truncated"][0]}, path
 
 
 def make_batch(examples: List[Tuple[List[int], int]], pad_id: int):
@@ -224,9 +263,10 @@ def folder_name(config: TuningConfig) -> str:
     from .results import model_short
 
     rag = f"__rag{config.rag_k}" if config.context == "rag" else ""
+    own = "__own" if config.target == "own" else ""
     prompt = "" if config.prompt == ("rag_cot" if rag else "qa_zeroshot") else f"__{config.prompt}"  # e.g. a chat prompt
     return config.name or (f"{config.tuning_mode}__{config.backend}__{model_short(config.model)}__v{config.num_virtual_tokens}"
-                           f"__s{config.seed}{rag}{prompt}")
+                           f"__s{config.seed}{rag}{own}{prompt}")
 
 
 def batch_order(n_examples: int, batch_size: int, step: int, seed: int) -> List[int]:
@@ -266,17 +306,26 @@ def train(config: TuningConfig) -> Path:
     check_slots(template, config.prompt, {"exemplars", "question"} if config.context == "rag" else {"question"},
                 f"--context {config.context}")
     meta = {**as_dict(config), "name": name, "prompt_hash": prompt_hash(template)}
+    train_problems = training_problems()
+    dev_problems = load_split("dev", config.dev_limit)
+    own = {}
+    if config.target == "own":
+        own, path = own_solutions(config.model, config.prompt)
+        meta["own_solutions"] = str(path)
+        train_problems = [p for p in train_problems if p.idx in own]
+        dev_problems = [p for p in load_split("dev") if p.idx in own][:config.dev_limit]
+        if not train_problems or not dev_problems:
+            raise UserError(f"--target own: {path} solves {len(train_problems)} training and {len(dev_problems)} dev "
+                            f"problems; it needs at least one of each")
     checkpoint = _read_checkpoint(folder, meta)
     folder.mkdir(parents=True, exist_ok=True)
 
-    train_problems = training_problems()
-    dev_problems = load_split("dev", config.dev_limit)
     context = (rag_context(train_problems + dev_problems, config.rag_k, template, cache=folder / CONTEXT_FILE)
                if config.context == "rag" else {})
     with open_backend(config.backend, model_path, config.initial_peers, config.dht_prefix, config.num_servers,
                       CACHE_DIR / "swarm" / name, device=config.device, dtype=config.dtype) as backend:
         encode = lambda p: encode_example(p, template, backend.tokenizer, config.max_length,  # noqa: E731
-                                          context.get(p.idx))
+                                          context.get(p.idx), own.get(p.idx))
         run = _Training(config, backend, folder, meta, checkpoint)
         run.record_provenance(model_path, len(train_problems))
         dev_examples = [encode(p) for p in dev_problems]
@@ -429,7 +478,8 @@ def _read_checkpoint(folder: Path, meta: dict) -> Optional[dict]:
         raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to start over") from None
     free = ("steps", "eval_every", "initial_peers", "dht_prefix", "num_servers",  # may change between sessions
             "micro_batch_size")
-    changed = {k for k in meta if k not in free and checkpoint["meta"].get(k) != meta[k]}
+    defaults = {f.name: f.default for f in dataclasses.fields(TuningConfig)}  # a setting added since it was saved
+    changed = {k for k in meta if k not in free and checkpoint["meta"].get(k, defaults.get(k)) != meta[k]}
     if changed:
         raise UserError(f"{folder} was trained with other settings ({', '.join(sorted(changed))}); "
                         f"use another --name or --output-dir")

@@ -138,6 +138,8 @@ def test_the_chat_arms_are_the_dev_selections_choice():
     assert chat["chat_zeroshot"].fields == chosen["prompt only"].fields
     assert chat["chat_rag"].fields == {"method": "rag", **chosen["RAG"].fields}
     assert {k: v for k, v in chat["chat_ptune"].train.items() if k != "backend"} == chosen["prompt only"].fields
+    if "PT" in chosen:  # once a trained candidate has run on all the dev problems
+        assert chat["chat_ptune"].train == chat["chat_ptune_rag"].train == chosen["PT"].train
 
 
 def test_the_study_takes_a_soft_prompt_only_once_its_training_ended(tmp_path):

@@ -44,6 +44,16 @@ def test_a_chat_target_is_the_answer_turn_ended_by_the_end_of_turn_token():
     assert ids[-1] == -1 and "".join(map(chr, ids[:-1])) == "He has 3+2=5 apples. So he has 5 in all. The answer is 5."
 
 
+def test_an_own_answer_is_the_target_as_the_model_wrote_it_in_either_frame():
+    chat = Template("<user>{question}<assistant>")
+    chat.chat = True
+    own = " 3 plus 2 is 5. The answer is 5.\n"
+    assert "".join(map(chr, target_ids(PROBLEM, load_prompt("qa_zeroshot"), _CharTokenizer(), own))) == \
+        " 3 plus 2 is 5. The answer is 5.\n\n"
+    ids = target_ids(PROBLEM, chat, _CharTokenizer(), own)
+    assert ids[-1] == -1 and "".join(map(chr, ids[:-1])) == "3 plus 2 is 5. The answer is 5."
+
+
 def test_batch_masks_solution_tokens_only_and_pads_on_the_right():
     ids, mask = make_batch([([5, 6, 7, 8], 2), ([9, 10], 1)], pad_id=0)
     assert ids.tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
@@ -342,6 +352,45 @@ def test_a_chat_prompt_trains_in_the_models_format_into_a_folder_of_its_own(tmp_
     assert ids[-1] == tokenizer.eos_token_id and tokenizer.decode(ids[n_prompt:-1]).startswith("He has 3+2=5 apples.")
 
 
+def test_own_target_trains_on_the_answers_a_fixed_run_got_right(tmp_path, monkeypatch, model_path):
+    """Self-distillation: the soft prompt learns the model's own answers from one committed run, only those graded
+    correct and not cut by the token limit; the dev problems among them give the dev loss; a run not finished is
+    one line naming the command that finishes it."""
+    from transformers import AutoTokenizer
+
+    from gsmswarm import tuning
+    from gsmswarm.results import records_path
+
+    monkeypatch.setitem(tuning.OWN_SOLUTIONS, "output_dir", str(tmp_path / "answers"))
+    monkeypatch.setitem(tuning.OWN_SOLUTIONS, "limit", 100)
+    config = TuningConfig(backend="local", target="own", num_virtual_tokens=4, batch_size=2, steps=1, eval_every=1,
+                          dev_limit=2, max_length=96, output_dir=str(tmp_path / "pt"))
+    path = records_path(*tuning.own_solutions_run(config.model, config.prompt))
+    path.parent.mkdir(parents=True)
+    problems = load_split("train", 100)
+    with open(path, "w") as f:  # 99 of the 100 problems so far
+        for p in problems[:99]:
+            f.write(json.dumps({"idx": p.idx, "completions": [f" own answer {p.idx}. The answer is {p.gold}."],
+                                "correct": p.idx % 3 == 0 or p.idx in (14, 92), "truncated": [p.idx == 30],
+                                "error": None}) + "\n")
+    with pytest.raises(UserError, match="holds 99 of its 100 answers; make them first.*run --method cot"):
+        tuning.train(config)
+    with open(path, "a") as f:
+        f.write(json.dumps({"idx": 99, "completions": ["x"], "correct": True, "truncated": [False], "error": None}) + "\n")
+
+    own, found = tuning.own_solutions(config.model, config.prompt)
+    assert found == path and 30 not in own and 31 not in own and own[14] == " own answer 14. The answer is 5."
+    folder = tuning.train(config)
+    assert folder.name == "ptune__local__smollm2-135m__v4__s0__own"
+    saved = json.loads((folder / "config.json").read_text())
+    dev = set(dev_indices())
+    assert saved["own_solutions"] == str(path) and saved["n_train"] == len([i for i in own if i not in dev])
+    assert [r["step"] for r in read_train_log(folder) if "loss" in r] == [1]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    ids, n_prompt = encode_example(problems[14], load_prompt("qa_zeroshot"), tokenizer, 96, solution=own[14])
+    assert tokenizer.decode(ids[n_prompt:]) == " own answer 14. The answer is 5.\n\n"
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train-prompt", "--backend", "local", "--tuning-mode", "deep_ptune"], "trains through Petals only"),
     (["train-prompt", "--lr", "0"], "--lr must be > 0"),
@@ -349,6 +398,8 @@ def test_a_chat_prompt_trains_in_the_models_format_into_a_folder_of_its_own(tmp_
     (["train-prompt", "--context", "docs"], "--context must be none or rag"),
     (["train-prompt", "--context", "rag", "--prompt", "qa_zeroshot"], "--context rag fills ['exemplars', 'question']"),
     (["train-prompt", "--rag-k", "0"], "--rag-k must be >= 1"),
+    (["train-prompt", "--target", "mine"], "--target must be reference or own"),
+    (["train-prompt", "--target", "own", "--context", "rag"], "use it with --context none"),
 ])
 def test_bad_tuning_input_gives_one_line(args, needle):
     done = cli(*args)
