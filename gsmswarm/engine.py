@@ -170,7 +170,9 @@ class _Loop:
 def _check_same_config(path: Path, old: dict, base: dict, own=()) -> None:
     """Resuming appends to a run only if the prompt, generation settings, dtype and the method's own settings are
     the ones it was made with (records made before the dtype was recorded were float32)."""
-    old = {"dtype": "float32", **old}
+    from .results import dtype_of
+
+    old = {**old, "dtype": dtype_of(old)}
     for key in ("prompt_hash", "gen", "soft_prompt", "dtype", *own):
         if old.get(key) != json.loads(json.dumps(base[key])):
             raise UserError(f"{path} was made with another {key} ({old.get(key)}); "

@@ -10,7 +10,7 @@ from .answers import FILTERS
 from .config import RunConfig, UserError
 from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
-from .results import graded, load_runs, read_records, write_json
+from .results import dtype_of, graded, load_runs, read_records, write_json
 from .study import (ALPHA, ARMS, FAMILIES, claim_difference, comparison_rows, find_arms, pending_claims,
                     shown_arms, swarm_rows, verdict_rows, verdicts)
 
@@ -222,7 +222,7 @@ def baselines(summaries: List[dict], dtype: str = "float32") -> Dict[str, dict]:
     for s in summaries:
         config = s["config"]
         if (config["method"] == "cot" and config["prompt"] == cot_prompt and s["n_samples"] == 1
-                and not config.get("soft_prompt") and config.get("dtype", "float32") == dtype):
+                and not config.get("soft_prompt") and dtype_of(config) == dtype):
             best = out.get(config["model"])
             if best is None or s["metrics"]["answer"]["n"] > best["metrics"]["answer"]["n"]:
                 out[config["model"]] = s
@@ -232,11 +232,11 @@ def baselines(summaries: List[dict], dtype: str = "float32") -> Dict[str, dict]:
 def comparison_table(summaries: List[dict]) -> str:
     """Each run against its model's baseline in its own dtype, on their common problems: outcome counts and the
     exact McNemar p."""
-    dtypes = sorted({s["config"].get("dtype", "float32") for s in summaries})
+    dtypes = sorted({dtype_of(s["config"]) for s in summaries})
     bases = {(m, d): b for d in dtypes for m, b in baselines(summaries, d).items()}
     rows = [("run", "n", "both right", "only run", "only baseline", "both wrong", "McNemar p")]
     for s in summaries:
-        base = bases.get((s["config"]["model"], s["config"].get("dtype", "float32")))
+        base = bases.get((s["config"]["model"], dtype_of(s["config"])))
         if base is None or s["run_id"] == base["run_id"]:
             continue
         p = paired(run_records(s), run_records(base))

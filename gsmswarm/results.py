@@ -48,6 +48,11 @@ LATER_FIELDS = {  # fields that records made before they existed lack
 }
 
 
+def dtype_of(fields: dict) -> str:
+    """The weights' dtype of a record or a summary's config: runs from before it was recorded ran in float32."""
+    return fields.get("dtype", "float32")
+
+
 def answer_fields(problem, prompt: str, backend, completions, preds: Dict[str, List[str]]) -> dict:
     """The record fields of a solved problem, from `completions` to `latency_s` in RECORD_FIELDS: the one builder
     every method calls, so none leaves a field out or fills it its own way. `preds` holds each completion's
