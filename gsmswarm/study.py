@@ -87,7 +87,9 @@ _DECLARED = {  # each seeded arm's later seeds are added below (FAMILIES)
          "ptune_bf16": Arm("plain PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"}),
          "pal_bf16": Arm("PAL (bf16)", {"method": "pal"})},  # the strongest first-study arm besides the soft prompts
         ("chat_ptune", "chat_ptune_rag"),
-        (Claim("prompt tuning beats RAG", "chat_ptune", ("chat_rag",)),
+        # the regime first: is the model's own format (the family's baseline) its strongest prompt?
+        (Claim("the model's own chat format beats the plain frame", "chat_zeroshot", ("cot_bf16",)),
+         Claim("prompt tuning beats RAG", "chat_ptune", ("chat_rag",)),
          Claim("deep prompt tuning beats RAG", "chat_deep_ptune", ("chat_rag",)),
          Claim("prompt tuning and RAG combine", "chat_ptune_rag", ("chat_ptune", "chat_rag")),
          Claim("prompt tuning and RAG combine (prompt trained behind retrieved exemplars)", "chat_ragptune_rag",
@@ -177,7 +179,8 @@ def verdicts(records: Dict[str, List[dict]], family: str = "plain",
     fam = FAMILIES[family]
     pairs = [(a, b) for c in fam.claims for _, a, beats in claim_seeds(c, family) for b in beats]
     pairs += [(a, fam.base) for a in fam.arms if a != fam.base]
-    pairs = [pair for i, pair in enumerate(pairs) if pair not in pairs[:i] and all(x in records for x in pair)]
+    pairs = [pair for i, pair in enumerate(pairs)  # each pair tested once, in its first orientation (a claim's)
+             if pair not in pairs[:i] and pair[::-1] not in pairs[:i] and all(x in records for x in pair)]
     comparisons = [{"a": a, "b": b, **paired(records[a], records[b])} for a, b in pairs]
     for c, p in zip(comparisons, holm([c["p_value"] for c in comparisons])):
         c["p_holm"] = p
