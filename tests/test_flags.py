@@ -19,7 +19,7 @@ BAD = {
     "--rag-order": "random", "--embedder": "/nope", "--index-dir": A_FILE, "--batch-size": "0",
     "--sandbox": "docker", "--max-new-tokens": "0", "--temperature": "-1", "--top-p": "2", "--top-k": "-1",
     "--samples": "0", "--seed": "x", "--stop": "", "--tuning-mode": "x", "--num-virtual-tokens": "0",
-    "--init-text": "", "--context": "x", "--steps": "0", "--lr": "0", "--max-length": "0", "--eval-every": "0",
+    "--init-text": "", "--context": "x", "--target": "x", "--steps": "0", "--lr": "0", "--max-length": "0", "--eval-every": "0",
     "--micro-batch-size": "0", "--dev-limit": "0", "--name": "../x", "--markdown": "/nope.md", "--data": "/nope",
 }
 BAD_FOR = {("summarize", "--output-dir"): "/nope", ("convert", "--model"): "nope"}  # where the shared value is fine
