@@ -172,7 +172,7 @@ def holm_phrase(results: Dict[str, dict], model: str, a: str, b: str, n: int) ->
         for c in f["comparisons"]:
             if (c["a"], c["b"]) == (a, b) and c["n"] == n:
                 return (f"; Holm-adjusted across the study's {len(f['comparisons'])} comparisons p = {c['p_holm']:.2g}: "
-                        + ("significant" if c["p_holm"] < ALPHA else "not significant"))
+                        + ("not significant" if c["outcome"] == "not significant" else "significant"))
     return ""
 
 
@@ -328,7 +328,7 @@ def plot_differences(results: Dict[str, dict], path: Path) -> None:
         y += 1
         for c, claim in block:
             colour = "C0" if claim else "0.45"
-            significant = c["p_holm"] < ALPHA
+            significant = c["outcome"] != "not significant"
             ax.errorbar(c["diff"], y, xerr=[[c["diff"] - c["diff_ci_low"]], [c["diff_ci_high"] - c["diff"]]],
                         fmt="o", color=colour, capsize=2, markersize=5,
                         markerfacecolor=colour if significant else "white")

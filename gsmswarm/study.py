@@ -141,10 +141,14 @@ def run_configs(fields: dict, train: Optional[dict] = None) -> Tuple[RunConfig, 
             GenerationConfig(**{k: v for k, v in fields.items() if k not in run_keys}))
 
 
+def command_line(command: str, fields: dict) -> str:
+    """The `python -m gsmswarm COMMAND` line that sets these config fields, one flag each."""
+    return " ".join(["python -m gsmswarm", command, *(f"--{k.replace('_', '-')} {v}" for k, v in fields.items())])
+
+
 def training_command(train: dict, model: str) -> str:
     """The `train-prompt` command line of these TuningConfig fields for `model`."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"model": model, **train}.items())
-    return f"python -m gsmswarm train-prompt {flags}"
+    return command_line("train-prompt", {"model": model, **train})
 
 
 def find_arms(summaries: List[dict], model: str, backend: str = "local") -> Dict[str, dict]:

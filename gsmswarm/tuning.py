@@ -159,7 +159,11 @@ def own_solutions_run(model: str, prompt: str):
     """The RunConfig and GenerationConfig of the run `--target own` learns from (`OWN_SOLUTIONS`)."""
     from .study import run_configs
 
-    return run_configs({**OWN_SOLUTIONS, "model": model, "prompt": prompt})
+    return run_configs(_own_solutions_fields(model, prompt))
+
+
+def _own_solutions_fields(model: str, prompt: str) -> dict:
+    return {**OWN_SOLUTIONS, "model": model, "prompt": prompt}
 
 
 def own_solutions(model: str, prompt: str) -> Tuple[Dict[int, str], Path]:
@@ -167,15 +171,14 @@ def own_solutions(model: str, prompt: str) -> Tuple[Dict[int, str], Path]:
     running into the token limit, the answer it wrote; and its records file. UserError, with the command that
     makes them, while that run has not answered all its problems: a soft prompt learns from one fixed set."""
     from .results import read_records, records_path
+    from .study import command_line
 
     run, gen = own_solutions_run(model, prompt)
     path = records_path(run, gen)
     records = [r for r in read_records(path) if not r.get("error")]
     if len(records) < run.limit:
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {**OWN_SOLUTIONS, "model": model,
-                                                                     "prompt": prompt}.items())
         raise UserError(f"--target own learns from {path}, which holds {len(records)} of its {run.limit} answers; "
-                        f"make them first (resumable): python -m gsmswarm run {flags}")
+                        f"make them first (resumable): {command_line('run', _own_solutions_fields(model, prompt))}")
     return {r["idx"]: r["completions"][0] for r in records if r["correct"] and not r["truncated"][0]}, path
 
 
@@ -306,17 +309,17 @@ def train(config: TuningConfig) -> Path:
     check_slots(template, config.prompt, {"exemplars", "question"} if config.context == "rag" else {"question"},
                 f"--context {config.context}")
     meta = {**as_dict(config), "name": name, "prompt_hash": prompt_hash(template)}
-    train_problems = training_problems()
-    dev_problems = load_split("dev", config.dev_limit)
+    train_problems, dev_problems = training_problems(), load_split("dev")
     own = {}
     if config.target == "own":
         own, path = own_solutions(config.model, config.prompt)
         meta["own_solutions"] = str(path)
         train_problems = [p for p in train_problems if p.idx in own]
-        dev_problems = [p for p in load_split("dev") if p.idx in own][:config.dev_limit]
+        dev_problems = [p for p in dev_problems if p.idx in own]
         if not train_problems or not dev_problems:
             raise UserError(f"--target own: {path} solves {len(train_problems)} training and {len(dev_problems)} dev "
                             f"problems; it needs at least one of each")
+    dev_problems = dev_problems[:config.dev_limit]
     checkpoint = _read_checkpoint(folder, meta)
     folder.mkdir(parents=True, exist_ok=True)
 
