@@ -62,7 +62,7 @@ def test_refused_unknown_and_stray_brackets_are_observations_not_errors(sandbox)
     record, backend, _ = solve([(" See note [1", "]"),  # not an action: generation goes on
                                 (" below.\nAction 1: calculate[3 apples * 2", "]"),
                                 ("Thought 2: Hm. Action 2: lookup[apples", "]"),
-                                ("Thought 3: I give up.", "\n\n")], sandbox)
+                                ("Thought 3: I give up.", "\n\n"), (" Nothing.", None)], sandbox)
     assert [s["action"] for s in record["trace"]] == ["calculate", "lookup"]
     assert record["trace"][0]["thought"] == "See note [1] below."
     assert record["trace"][0]["value"] is None
@@ -70,7 +70,24 @@ def test_refused_unknown_and_stray_brackets_are_observations_not_errors(sandbox)
     assert record["trace"][1]["observation"] == "unknown action lookup: the actions are search, calculate, finish"
     assert record["trace"][1]["thought"] == "Hm."  # on the action's own line
     assert (record["stop_reason"], record["pred"], record["correct"]) == ("no_action", "[invalid]", False)
-    assert len(backend.seen) == 4
+    assert len(backend.seen) == 5  # the harness asked once for the third action, and got none
+    assert backend.seen[-1][0].endswith("Thought 3: I give up.\nAction 3:")
+
+
+def test_a_thought_that_ends_or_writes_an_observation_is_asked_for_its_action(sandbox):
+    """ReAct's harness: where the model answers in prose and ends, or starts an observation of its own (which
+    only a tool writes, and is cut), the next line is `Action n:` and the model names the action."""
+    record, backend, index = solve([(" Look.\nAction 1: search[trees", "]"),
+                                    ("Thought 2: 21 - 15 = 6, as in ", "Solved problem"), (" calculate[21 - 15", "]"),
+                                    ("Thought 3: The answer is 6.", None), (" finish[6", "]")], sandbox)
+    assert [(s["action"], s.get("asked", False)) for s in record["trace"]] == [
+        ("search", False), ("calculate", True), ("finish", True)]
+    assert record["trace"][1]["thought"] == "21 - 15 = 6, as in"
+    assert (record["stop_reason"], record["pred"], record["correct"]) == ("finish", "6", True)
+    prompts = [p for p, _ in backend.seen]
+    assert prompts[2] == prompts[1] + "Thought 2: 21 - 15 = 6, as in\nAction 2:"
+    assert prompts[4] == prompts[3] + "Thought 3: The answer is 6.\nAction 3:"
+    assert {"]", "\nObservation", "Solved problem"} <= set(backend.seen[0][1].stop)
 
 
 def test_an_empty_or_enormous_query_is_said_so(sandbox):

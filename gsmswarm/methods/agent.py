@@ -7,7 +7,15 @@ sandbox computes (a refused or failing expression is an observation saying so), 
 trace with the answer. So retrieval is an action the model takes when it wants to, where RAG puts exemplars in
 front of every question. Generation pauses at each `]` that closes an action (as the calculator pauses at
 `=`); the trace ends at `finish`, after `--max-steps` actions, at the token budget (summed over the trace, as
-the calculator's), or when the model stops without a parsable action. Each record keeps the whole trace:
+the calculator's), or when the model stops without a parsable action.
+
+A small model often writes its answer as prose ("The answer is 12.") and ends, or goes on to write an
+observation itself (the retrieved problems' "Solved problem 3: ..."), which only a tool may write. ReAct's own
+harness (Yao et al.'s code) meets this by asking for the action: when a thought ends without one, it writes
+`Action n:` on the next line and lets the model name it. This one does the same, once per step: generation also
+stops where the model starts an observation (`TOOL_TEXT`, cut from the trace), and a step whose action came
+after the harness's `Action n:` is marked `asked`. A trace that still gives no action stops as `no_action`.
+Each record keeps the whole trace:
 every thought, action, argument and observation, with the retrieved ids and distances and the calculated
 values, and why it stopped. The answer is finish's argument as the flexible filter reads a text (its last
 number, `$` and `,` dropped: `finish[18 dollars]` answers 18); a trace that does not finish has none.
@@ -29,9 +37,11 @@ ACTIONS = ("search", "calculate", "finish")
 RECORD_FIELDS = {
     "agent": "search_k, max_steps and embedder",
     "trace": "per action: thought, action, argument, observation (null for finish); search: retrieved (train idx "
-             "and distance, nearest first); calculate: value (null: refused)",
+             "and distance, nearest first); calculate: value (null: refused); asked: true where the action came "
+             "after the harness wrote `Action n:`",
     "steps": "actions taken", "stop_reason": "finish, step_limit, token_limit or no_action",
 }
+TOOL_TEXT = ("\nObservation", "Solved problem")  # what only a tool writes: the model's thought is cut where it starts
 MAX_QUERY = 300  # characters of a search query the index sees; a longer one is cut, and the observation says so
 _ACTION = re.compile(r"Action(?: \d+)?:\s*(\w+)\[([^\[\]\n]*)$")  # the line an action's closing "]" ends
 _THOUGHT = re.compile(r"^\s*(?:Thought(?: \d+)?:\s*)?")
@@ -66,18 +76,24 @@ def solve(problem: Problem, backend, template: str, gen, index, k: int, max_step
     prompt = render(template, question=problem.question)
     text, trace, token_ids, latency = "", [], [], 0.0
     segment_start = 0  # where the text generated since the last observation starts
-    answer, stop_reason = INVALID, None
+    answer, stop_reason, asked = INVALID, None, False  # asked: the harness wrote this step's "Action n:"
     while stop_reason is None:
         budget = gen.max_new_tokens - len(token_ids)
         if budget <= 0:
             stop_reason = "token_limit"
             break
-        [c] = yield prompt + text, dataclasses.replace(gen, max_new_tokens=budget, stop=("]", *gen.stop))
+        [c] = yield prompt + text, dataclasses.replace(gen, max_new_tokens=budget, stop=("]", *TOOL_TEXT, *gen.stop))
         token_ids, latency = token_ids + list(c.token_ids), latency + c.latency_s
         text += c.text
-        if c.stop != "]":  # end of turn, a stop string of the prompt, or the token limit
-            stop_reason = "token_limit" if c.truncated else "no_action"
+        if c.truncated:
+            stop_reason = "token_limit"
             break
+        if c.stop != "]":  # end of turn, a stop string of the prompt, or an observation of the model's own
+            if asked:
+                stop_reason = "no_action"
+                break
+            text, asked = text.rstrip() + f"\nAction {len(trace) + 1}:", True
+            continue
         text += "]"
         segment = text[segment_start:-1]
         lines = segment.rstrip().split("\n")
@@ -86,8 +102,10 @@ def solve(problem: Problem, backend, template: str, gen, index, k: int, max_step
             continue
         name, argument = action.group(1), action.group(2).strip()
         thought = "\n".join([*lines[:-1], lines[-1][:action.start()]])  # a thought may share the action's line
-        step = {"thought": _THOUGHT.sub("", thought).strip(), "action": name, "argument": argument}
+        step = {"thought": _THOUGHT.sub("", thought).strip(), "action": name, "argument": argument,
+                **({"asked": True} if asked else {})}
         trace.append(step)
+        asked = False
         if name == "finish":
             step["observation"], answer, stop_reason = None, FILTERS["flexible"](argument), "finish"
             break
