@@ -175,9 +175,9 @@ def study(arms: Sequence[str], family: Optional[str], common: dict, list_only: b
 
 
 def select(model: str, list_only: bool, markdown: Optional[str], only: Sequence[str] = ()) -> None:
-    """The chat regime's dev selection: run the missing candidates (each resumable; of the `only` methods where
-    given) unless only a table is asked for, then print the table and the variant chosen per method; with
-    `markdown`, rewrite that file's table."""
+    """The chat regime's dev selection: run the missing candidates (each resumable; of the `only` methods or
+    variants where given) unless only a table is asked for, then print the table and the variant chosen per method; with
+    `markdown`, rewrite that file's tables (one per model with candidates run)."""
     from .report import markdown_table, recompute, replace_generated, text_table
     from .results import read_records, records_path, run_name
     from .selection import (CANDIDATES, COMMON, MARKERS, METHODS, OUTPUT_DIR, RULE, candidate_config,
@@ -185,25 +185,31 @@ def select(model: str, list_only: bool, markdown: Optional[str], only: Sequence[
 
     if markdown and not Path(markdown).is_file():
         raise UserError(f"--markdown {markdown}: no such file")
-    if any(m not in METHODS for m in only):
-        raise UserError(f"--only {' '.join(only)}: the methods are {', '.join(repr(m) for m in METHODS)}")
+    labels = {c.label for c in CANDIDATES}
+    if any(m not in METHODS and m not in labels for m in only):
+        raise UserError(f"--only {' '.join(only)}: the methods are {', '.join(repr(m) for m in METHODS)}, or name "
+                        f"a variant as `select --list` shows it")
     if not (list_only or markdown):
         for c in CANDIDATES:
-            if not only or c.method in only:
+            if not only or c.method in only or c.label in only:
                 _run_trained(c.method, c.label, *candidate_config(c, model=model), c.train, model)
-    found = candidate_summaries(recompute(OUTPUT_DIR) if Path(OUTPUT_DIR).is_dir() else [], model=model)
+    summaries = recompute(OUTPUT_DIR) if Path(OUTPUT_DIR).is_dir() else []
+    found = candidate_summaries(summaries, model=model)
     if list_only:  # counted from the records: a run killed mid-way has no summary yet
         for c in CANDIDATES:
             config, gen = candidate_config(c, model=model)
             print(f"{c.method:12} {len(read_records(records_path(config, gen))):3}/{COMMON['limit']}  "
-                  f"{run_name(config, gen)}")
+                  f"{c.label!r:64} {run_name(config, gen)}")
         return
     rows = selection_rows(found)
     print(text_table(rows))
     print("".join(f"chosen for {m}: {label}\n" for m, label in choose(found).items()) + f"rule: {RULE}")
-    if markdown:
-        table = f"**{model}**, {len(found)} of {len(CANDIDATES)} candidates run:\n\n" + markdown_table(rows)
-        Path(markdown).write_text(replace_generated(Path(markdown).read_text(), table, markdown, MARKERS))
+    if markdown:  # every model's selection, this one's even if none of its candidates has run
+        models = sorted({s["config"]["model"] for s in summaries} | {model})
+        tables = [(m, candidate_summaries(summaries, model=m)) for m in models]
+        text = "\n\n".join(f"**{m}**, {len(f)} of {len(CANDIDATES)} candidates run:\n\n"
+                            + markdown_table(selection_rows(f)) for m, f in tables if f or m == model)
+        Path(markdown).write_text(replace_generated(Path(markdown).read_text(), text, markdown, MARKERS))
         print(f"{markdown}: selection table rewritten from the records")
 
 
@@ -242,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_sel.add_argument("--model", default="qwen2.5-coder-0.5b", help="model whose variants are selected")
     p_sel.add_argument("--list", action="store_true", help="print each candidate's run and how far it got; run nothing")
     p_sel.add_argument("--only", nargs="+", default=(), metavar="METHOD", help="run only these methods' candidates "
-                       "('prompt only', RAG, agent, PT, 'deep PT'), e.g. the cheap part of a larger model's selection")
+                       "('prompt only', RAG, agent, PT, 'deep PT') or these variants (their labels, as --list shows "
+                       "them), e.g. the cheap part of a larger model's selection")
     p_sel.add_argument("--markdown", metavar="FILE", help="run nothing; rewrite the table part of FILE (between "
                        "its results markers), e.g. docs/chat_regime.md")
     p_tune = sub.add_parser("train-prompt", help="train a soft prompt on GSM8K train (resumable)")

@@ -41,6 +41,7 @@ def test_select_writes_its_table_between_its_markers(tmp_path):
     assert done.returncode == 0, done.stderr
     text = doc.read_text()
     assert "old" not in text and f"**no-such-model**, 0 of {len(CANDIDATES)} candidates run" in text
+    assert "**qwen2.5-coder-0.5b**, " in text  # every model with candidates run keeps its table
     assert text.startswith("before\n") and text.endswith("after\n")
     missing = cli("select", "--markdown", str(tmp_path / "nope.md"), timeout=60)
     assert missing.returncode == 2 and missing.stderr.strip().endswith("nope.md: no such file")
