@@ -47,9 +47,11 @@ class Family(NamedTuple):
 
 
 # the chat regime's variants chosen on dev (gsmswarm.selection; a test holds these to its choice): the strongest
-# prompt-only one, and RAG's (the retrieved problems as reference text in the user turn)
+# prompt-only one, RAG's (the retrieved problems as reference text in the user turn), and PT's soft prompt, trained
+# in front of the prompt-only one on the model's own correct answers (self-distillation)
 CHAT = {"prompt": "chat_zeroshot_system"}
 CHAT_RAG = {"method": "rag", "prompt": "chat_rag_context", "rag_k": 2}
+CHAT_PT = {"backend": "petals", **CHAT, "target": "own"}
 _DECLARED = {  # each seeded arm's later seeds are added below (FAMILIES)
     "plain": Family(
         "plain `Q:`/`A:` prompts, float32", "cot", {"dtype": "float32"},
@@ -75,11 +77,12 @@ _DECLARED = {  # each seeded arm's later seeds are added below (FAMILIES)
     "chat": Family(
         "the model's chat template, bfloat16", "chat_zeroshot", {"dtype": "bfloat16"},
         {"chat_zeroshot": Arm("chat zero-shot", CHAT),
-         "chat_ptune": Arm("chat PT", CHAT, {"backend": "petals", **CHAT}),
+         "chat_ptune": Arm("chat PT", CHAT, CHAT_PT),
          "chat_rag": Arm("chat RAG k=2", CHAT_RAG),
-         "chat_ptune_rag": Arm("chat PT + RAG", CHAT_RAG, {"backend": "petals", **CHAT}),
-         "chat_deep_ptune": Arm("chat deep PT", CHAT, {"backend": "petals", "tuning_mode": "deep_ptune", **CHAT}),
-         # trained behind the chat RAG context with PEFT, as the plain family's RAG-trained prompt
+         "chat_ptune_rag": Arm("chat PT + RAG", CHAT_RAG, CHAT_PT),
+         "chat_deep_ptune": Arm("chat deep PT", CHAT, {**CHAT_PT, "tuning_mode": "deep_ptune"}),
+         # trained behind the chat RAG context with PEFT, as the plain family's RAG-trained prompt (on the reference
+         # solutions: the model's own answers were written without retrieved problems in front of them)
          "chat_ragptune_rag": Arm("chat PT(RAG-trained) + RAG", CHAT_RAG,
                                   {"backend": "local", "context": "rag", "prompt": CHAT_RAG["prompt"], "rag_k": 2}),
          # the plain frame's CoT and PT in this family's dtype: what connects the two regimes

@@ -123,7 +123,7 @@ def test_an_arms_train_command_makes_the_soft_prompt_the_arm_evaluates():
     assert arm_config("ptune_rag_s2", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
         "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s2")
     assert arm_config("chat_ptune", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
-        "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s0__chat_zeroshot_system")
+        "prompt_tuning/ptune__petals__qwen2.5-coder-0.5b__v16__s0__own__chat_zeroshot_system")
     assert arm_config("chat_ragptune_rag", model="qwen2.5-coder-0.5b")[0].soft_prompt == (
         "prompt_tuning/ptune__local__qwen2.5-coder-0.5b__v16__s0__rag2__chat_rag_context")
 
@@ -140,9 +140,11 @@ def test_the_chat_arms_are_the_dev_selections_choice():
     chat = FAMILIES["chat"].arms
     assert chat["chat_zeroshot"].fields == chosen["prompt only"].fields
     assert chat["chat_rag"].fields == {"method": "rag", **chosen["RAG"].fields}
-    assert {k: v for k, v in chat["chat_ptune"].train.items() if k != "backend"} == chosen["prompt only"].fields
-    if "PT" in chosen:  # once a trained candidate has run on all the dev problems
-        assert chat["chat_ptune"].train == chat["chat_ptune_rag"].train == chosen["PT"].train
+    assert chat["chat_ptune"].train["prompt"] == chosen["prompt only"].fields["prompt"]
+    assert chat["chat_ptune"].train == chat["chat_ptune_rag"].train == chosen["PT"].train
+    assert chat["chat_deep_ptune"].train == {**chosen["PT"].train, "tuning_mode": "deep_ptune"}
+    deep = [c for c in CANDIDATES if c.method == "deep PT"]  # deep PT is trained for the target PT's choice took
+    assert [c.train for c in deep] == [chat["chat_deep_ptune"].train]
 
 
 def test_the_study_takes_a_soft_prompt_only_once_its_training_ended(tmp_path):
