@@ -1,5 +1,5 @@
 """What each run cost per problem, from its records: prompt tokens, generated tokens, calculator calls and agent
-actions (each a pause after which the prompt is encoded again), and seconds of the machine that ran it. Nothing is rerun: the figures are the committed runs' own, so a run that spanned engine versions or
+actions and `Action n:` the harness wrote (each a pause after which the prompt is encoded again), and seconds of the machine that ran it. Nothing is rerun: the figures are the committed runs' own, so a run that spanned engine versions or
 was paused mixes their speeds (its commits are listed).
 
     .venv/bin/python benchmarks/cost.py                                   # every run of the study model
@@ -26,8 +26,8 @@ def main() -> None:
         if not recs:
             continue
         n = len(recs)
-        pauses = sum(len(r.get("calculator_calls", [])) + sum(s["action"] != "finish" for s in r.get("trace", []))
-                     for r in recs)
+        pauses = sum(len(r.get("calculator_calls", [])) + sum((s["action"] != "finish") + bool(s.get("asked"))
+                                                              for s in r.get("trace", [])) for r in recs)
         rows.append((run["run_id"], str(n), f"{sum(r['correct'] for r in recs) / n:.3f}",
                      f"{sum(r['n_prompt_tokens'] for r in recs) / n:.0f}",
                      f"{sum(sum(r['n_completion_tokens']) for r in recs) / n:.0f}", f"{pauses / n:.2f}",
