@@ -1,6 +1,7 @@
 """What each run cost per problem, from its records: prompt tokens, generated tokens, calculator calls and agent
-actions and `Action n:` the harness wrote (each a pause after which the prompt is encoded again), and seconds of the machine that ran it. Nothing is rerun: the figures are the committed runs' own, so a run that spanned engine versions or
-was paused mixes their speeds (its commits are listed).
+actions and `Action n:` the harness wrote (each a pause after which the prompt is encoded again), and seconds of
+the machine that ran it. Nothing is rerun: the figures are the committed runs' own, so a run that spanned engine
+versions or was paused mixes their speeds (its commits are listed).
 
     .venv/bin/python benchmarks/cost.py                                   # every run of the study model
     .venv/bin/python benchmarks/cost.py --runs 'agent__*' 'cot__local__*cot_8shot*' --dir method_results/dev
