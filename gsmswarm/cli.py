@@ -176,8 +176,8 @@ def study(arms: Sequence[str], family: Optional[str], common: dict, list_only: b
 
 def select(model: str, list_only: bool, markdown: Optional[str], only: Sequence[str] = ()) -> None:
     """The chat regime's dev selection: run the missing candidates (each resumable; of the `only` methods or
-    variants where given) unless only a table is asked for, then print the table and the variant chosen per method; with
-    `markdown`, rewrite that file's tables (one per model with candidates run)."""
+    variants where given) unless only a table is asked for, then print the table and the variant chosen per
+    method; with `markdown`, rewrite that file's tables (one per model with candidates run)."""
     from .report import markdown_table, recompute, replace_generated, text_table
     from .results import read_records, records_path, run_name
     from .selection import (CANDIDATES, COMMON, MARKERS, METHODS, OUTPUT_DIR, RULE, candidate_config,
