@@ -32,14 +32,16 @@ def _help(text: str, aliases=(), **kw):
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = _help("most tokens generated per completion", default=256)
+    max_new_tokens: int = _help("most tokens generated per completion (a chat prompt: 768 unless set to another value "
+                                "than 256)", default=256)
     temperature: float = _help("0 = greedy decoding; > 0 samples", default=0.0)
     top_p: float = _help("nucleus sampling mass (sampling only)", default=1.0)
     top_k: int = _help("sample from the k likeliest tokens, 0 = all (sampling only)", default=0)
     n: int = _help("completions per problem (self-consistency samples k > 1 and votes)", default=1,
                    aliases=("--samples",))
     seed: int = _help("seed for sampling", default=0)
-    stop: Tuple[str, ...] = _help("stop strings; the first one is the prompts' exemplar separator",
+    stop: Tuple[str, ...] = _help("stop strings; the first one is the prompts' exemplar separator (a chat prompt: none "
+                                  "unless set; its answer ends with the assistant's turn)",
                                   default=("\n\n", "\nQ:"))
 
     def __post_init__(self):

@@ -144,24 +144,39 @@ def study_markdown(results: Dict[str, dict]) -> str:
 
 
 def answer_markdown(results: Dict[str, dict]) -> str:
-    """The answer per claim in words, as the README leads with it: per model and family, each claim's verdict
-    with every comparison it rests on (difference, 95% interval, Holm p, one per seed), and what is still to run."""
-    parts = []
-    for model, r in results.items():
-        for name, f in r["families"].items():
-            if not f["claims"]:
-                continue
+    """The answer per claim, as the README leads with it: one row per family and claim, one column per model with
+    a claim judged (so a claim reads across models side by side), each cell the verdict with every comparison it
+    rests on (difference, 95% interval, Holm p, one per seed); then per model and family the problems and the
+    size of the Holm family, and what is still to run."""
+    judged = {model: {name: f for name, f in r["families"].items() if f["claims"]} for model, r in results.items()}
+    judged = {model: families for model, families in judged.items() if families}
+    if not judged:
+        return ""
+    rows = [("regime", "claim", *judged)]
+    for name, family in FAMILIES.items():
+        if not any(name in families for families in judged.values()):
+            continue
+        for claim in family.claims:
+            cells = []
+            for families in judged.values():
+                found = [c for c in families.get(name, {}).get("claims", []) if c["claim"] == claim.text]
+                if not found:
+                    cells.append("not judged yet")
+                    continue
+                c = found[0]
+                seeds = (f" at seed{'s' if len(c['seeds']) > 1 else ''} {', '.join(map(str, c['seeds']))} "
+                         f"of {c['of_seeds']}" if c["of_seeds"] > 1 else "")
+                cells.append(f"**{c['verdict']}**{seeds}" + "".join(f"<br>{claim_difference(x)}"
+                                                                     for x in c["comparisons"]))
+            rows.append((family.title, claim.text, *cells))
+    notes = []
+    for model, families in judged.items():
+        for name, f in families.items():
             n = sorted({c["n"] for claim in f["claims"] for c in claim["comparisons"]})
-            lines = [f"**{model}**, {FAMILIES[name].title}, {' to '.join(f'{x:,}' for x in n[::max(len(n) - 1, 1)])} "
-                     f"test problems (Holm across {len(f['comparisons'])} comparisons):"]
-            for claim in f["claims"]:
-                seeds = (f" at seed{'s' if len(claim['seeds']) > 1 else ''} {', '.join(map(str, claim['seeds']))} "
-                         f"(of {claim['of_seeds']} seeds)" if claim["of_seeds"] > 1 else "")
-                lines.append(f"- *{claim['claim']}*: **{claim['verdict']}**{seeds}; "
-                             + "; ".join(claim_difference(c) for c in claim["comparisons"]))
-            lines += [f"- *{line}.*" for line in f["pending"]]
-            parts.append("\n".join(lines))
-    return "\n\n".join(parts)
+            notes.append(f"- **{model}**, {FAMILIES[name].title}: {' to '.join(f'{x:,}' for x in n[::max(len(n) - 1, 1)])} "
+                         f"test problems, Holm across {len(f['comparisons'])} comparisons.")
+            notes += [f"  - *{line}.*" for line in f["pending"]]
+    return markdown_table(rows) + "\n\n" + "\n".join(notes)
 
 
 def holm_phrase(results: Dict[str, dict], model: str, a: str, b: str, n: int) -> str:

@@ -75,6 +75,30 @@ def test_a_claim_is_confirmed_only_if_it_holds_at_every_seed_run():
     assert claims == []
 
 
+def test_the_answer_reads_each_claim_across_models_side_by_side():
+    """One row per family and claim, one column per model that has a claim judged; a claim one model has not
+    reached reads 'not judged yet', and what each model still lacks is listed under the table."""
+    from gsmswarm.report import answer_markdown
+
+    def judged(records, family="plain"):
+        comparisons, claims = verdicts(records, family)
+        return {"families": {family: {"comparisons": comparisons, "claims": claims,
+                                      "pending": pending_claims(claims, records, family=family)}}}
+
+    small, large = runs(cot=30, ptune=60, rag=20), runs(cot=50, ptune=60, rag=60, ptune_rag=90)
+    text = answer_markdown({"small": judged(small), "large": judged(large), "other": {"families": {}}})
+    head, rule, *body = text.split("\n\n")[0].splitlines()
+    assert head == "| regime | claim | small | large |"  # the model with no claim judged gets no column
+    cells = {row.split(" | ")[1]: row.split(" | ")[2:] for row in body}
+    assert cells["prompt tuning beats RAG"][0].startswith("**confirmed** at seed 0 of 3<br>PT − RAG k=8 +0.200")
+    assert cells["prompt tuning beats RAG"][1].startswith("**undecided** at seed 0 of 3<br>PT − RAG k=8 +0.000")
+    assert cells["prompt tuning and RAG combine"][0] == "not judged yet"
+    assert cells["prompt tuning and RAG combine"][1].count("<br>") == 2  # vs PT and vs RAG
+    assert "- **small**, plain `Q:`/`A:` prompts, float32: 200 test problems, Holm across 3 comparisons." in text
+    assert "  - *prompt tuning and RAG combine: not judged yet, no local run of PT + RAG" in text
+    assert answer_markdown({"other": {"families": {}}}) == ""
+
+
 def test_each_family_compares_only_its_own_arms():
     """Holm's family and every 'vs baseline' row stay within one prompting regime and dtype."""
     comparisons, claims = verdicts(runs(cot=30, ptune=60, rag=20, chat_zeroshot=90, chat_ptune=100), "plain")
