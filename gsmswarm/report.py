@@ -174,7 +174,7 @@ def answer_markdown(results: Dict[str, dict]) -> str:
         for name, f in families.items():
             n = sorted({c["n"] for claim in f["claims"] for c in claim["comparisons"]})
             notes.append(f"- **{model}**, {FAMILIES[name].title}: {' to '.join(f'{x:,}' for x in n[::max(len(n) - 1, 1)])} "
-                         f"test problems, Holm across {len(f['comparisons'])} comparisons.")
+                         f"test problems, Holm across {len(f['comparisons'])} comparison{'s' * (len(f['comparisons']) != 1)}.")
             notes += [f"  - *{line}.*" for line in f["pending"]]
     return markdown_table(rows) + "\n\n" + "\n".join(notes)
 
