@@ -41,7 +41,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     from .methods import SAMPLING_METHODS, get_method
     from .prompts import chat_generation, check_slots, load_prompt, prompt_hash
     from .report import summarize_run
-    from .results import ResultsWriter, git_commit, records_path, run_name
+    from .results import ResultsWriter, process_commit, records_path, run_name
 
     method = get_method(config.method)
     if config.method in SAMPLING_METHODS and gen.n < 2:
@@ -61,7 +61,7 @@ def run(config: RunConfig, gen: GenerationConfig) -> dict:
     name, path = run_name(config, gen), records_path(config, gen)
     base = {"run_id": name, "method": config.method, "backend": config.backend, "model": config.model,
             "prompt": config.prompt, "prompt_hash": prompt_hash(template), "gen": as_dict(gen),
-            "split": config.split, "commit": git_commit(), "dtype": config.dtype,
+            "split": config.split, "commit": process_commit(), "dtype": config.dtype,
             "batch_size": config.batch_size,
             "soft_prompt": soft_prompt and {"path": config.soft_prompt, "mode": soft_prompt.mode,
                                             "length": soft_prompt.length, "sha256": soft_prompt.sha256()},

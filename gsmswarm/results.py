@@ -6,6 +6,7 @@ config and the aggregates. A problem whose generation failed after the backend's
 new record for the same problem, and the last record of a problem is the one that counts. A torn last line (the process died mid-write) is dropped on resume; any other
 malformed line stops with an error naming file and line, and the file is left untouched.
 """
+import functools
 import json
 import os
 import subprocess
@@ -107,6 +108,14 @@ def git_commit(repo: Path = REPO_DIR) -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def process_commit() -> str:
+    """The commit of the code this process runs: `git_commit` when it is first asked, at its first run or
+    training step (the package's modules load then). A study of many arms or a long training goes on running that
+    code while the repository moves on; asking again would name a later commit it never ran."""
+    return git_commit()
 
 
 def read_records(path) -> List[dict]:

@@ -381,11 +381,11 @@ class _Training:
 
     def record_provenance(self, model_path, n_train: int) -> None:
         """config.json: the settings, the model, every commit that ran steps (in order), the best so far."""
-        from .results import git_commit, write_json
+        from .results import process_commit, write_json
 
         path = self.folder / CONFIG_FILE
         old = json.loads(path.read_text()) if path.exists() else {}
-        commits, commit = old.get("commits", []), git_commit()
+        commits, commit = old.get("commits", []), process_commit()
         if self.step < self.config.steps and commit not in commits:
             commits.append(commit)
         self.info = {**self.meta, "commits": commits, "model_path": str(model_path), "n_train": n_train}

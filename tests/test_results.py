@@ -93,6 +93,19 @@ def test_commit_is_dirty_for_changed_code_only(tmp_path):
     assert git_commit(tmp_path) == clean + "-dirty"
 
 
+def test_a_process_names_the_commit_it_started_with(monkeypatch):
+    """Runs and trainings take the commit once: a study's later arms run the code loaded for its first."""
+    from gsmswarm import results
+
+    heads = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(results, "git_commit", lambda: next(heads))
+    results.process_commit.cache_clear()
+    try:
+        assert results.process_commit() == results.process_commit() == "aaaa"
+    finally:
+        results.process_commit.cache_clear()
+
+
 def test_run_name_encodes_config():
     name = run_name(RunConfig(), GenerationConfig())
     assert name == "cot__petals__smollm2-135m__cot_8shot__test__n1__t0__s0"
