@@ -159,11 +159,10 @@ def answer_markdown(results: Dict[str, dict]) -> str:
         for claim in family.claims:
             cells = []
             for families in judged.values():
-                found = [c for c in families.get(name, {}).get("claims", []) if c["claim"] == claim.text]
-                if not found:
+                c = next((c for c in families.get(name, {}).get("claims", []) if c["claim"] == claim.text), None)
+                if c is None:
                     cells.append("not judged yet")
                     continue
-                c = found[0]
                 seeds = (f" at seed{'s' if len(c['seeds']) > 1 else ''} {', '.join(map(str, c['seeds']))} "
                          f"of {c['of_seeds']}" if c["of_seeds"] > 1 else "")
                 cells.append(f"**{c['verdict']}**{seeds}" + "".join(f"<br>{claim_difference(x)}"
