@@ -47,8 +47,8 @@ class Family(NamedTuple):
 
 
 # the chat regime's variants chosen on dev (gsmswarm.selection; a test holds these to its choice): the strongest
-# prompt-only one, RAG's (the retrieved problems as reference text in the user turn), and PT's soft prompt, trained
-# in front of the prompt-only one on the model's own correct answers (self-distillation)
+# prompt-only one, RAG's (the retrieved problems as reference text in the user turn), PT's soft prompt, trained
+# in front of the prompt-only one on the model's own correct answers (self-distillation), and the agent's form
 CHAT = {"prompt": "chat_zeroshot_system"}
 CHAT_RAG = {"method": "rag", "prompt": "chat_rag_context", "rag_k": 2}
 CHAT_PT = {"backend": "petals", **CHAT, "target": "own"}
@@ -85,6 +85,9 @@ _DECLARED = {  # each seeded arm's later seeds are added below (FAMILIES)
          # solutions: the model's own answers were written without retrieved problems in front of them)
          "chat_ragptune_rag": Arm("chat PT(RAG-trained) + RAG", CHAT_RAG,
                                   {"backend": "local", "context": "rag", "prompt": CHAT_RAG["prompt"], "rag_k": 2}),
+         # the ReAct agent searches the RAG index when it chooses to (gsmswarm.methods.agent): its 8 example traces
+         # as chat turns, the form chosen on dev
+         "chat_agent": Arm("chat agent (ReAct)", {"method": "agent", "prompt": "chat_agent_8shot"}),
          # the plain frame's CoT and PT in this family's dtype: what connects the two regimes
          "cot_bf16": Arm("plain CoT 8-shot", {"method": "cot"}),
          "ptune_bf16": Arm("plain PT", {"prompt": "qa_zeroshot"}, {"backend": "petals"}),
@@ -96,7 +99,8 @@ _DECLARED = {  # each seeded arm's later seeds are added below (FAMILIES)
          Claim("deep prompt tuning beats RAG", "chat_deep_ptune", ("chat_rag",)),
          Claim("prompt tuning and RAG combine", "chat_ptune_rag", ("chat_ptune", "chat_rag")),
          Claim("prompt tuning and RAG combine (prompt trained behind retrieved exemplars)", "chat_ragptune_rag",
-               ("chat_ptune", "chat_rag")))),
+               ("chat_ptune", "chat_rag")),
+         Claim("retrieval as an action beats retrieval as context", "chat_agent", ("chat_rag",)))),
 }
 
 

@@ -167,6 +167,7 @@ def test_the_chat_arms_are_the_dev_selections_choice():
     assert chat["chat_ptune"].train["prompt"] == chosen["prompt only"].fields["prompt"]
     assert chat["chat_ptune"].train == chat["chat_ptune_rag"].train == chosen["PT"].train
     assert chat["chat_deep_ptune"].train == {**chosen["PT"].train, "tuning_mode": "deep_ptune"}
+    assert chat["chat_agent"].fields == chosen["agent"].fields
     deep = [c for c in CANDIDATES if c.method == "deep PT"]  # deep PT is trained for the target PT's choice took
     assert [c.train for c in deep] == [chat["chat_deep_ptune"].train]
 
