@@ -63,7 +63,10 @@ def _build(cls, args: argparse.Namespace):
 
 
 def parity(config: RunConfig, gen: GenerationConfig) -> int:
-    """Greedy tokens through the swarm vs the local model on the first `limit` problems; 0 if all equal."""
+    """Greedy tokens through the swarm vs the local model on the first `limit` problems; 0 if all equal. Where
+    they part, the local model's two best logits there: in float32 both sides compute alike and any difference
+    is a fault; in 16-bit dtypes the servers' kernels round differently, and two logits within a step or two of
+    the dtype's rounding (bfloat16: 0.125 near 20) are a tie that rounding tips either way, not a fault."""
     from .backends import open_backend
     from .convert import resolve_model
     from .data import load_split
@@ -77,18 +80,34 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     prompts = [render(template, question=p.question) for p in load_split(config.split, config.limit or 3)]
     with open_backend("local", model_path, (), None, device=config.device, dtype=config.dtype) as local:
         expected = [local.generate(p, gen)[0].token_ids for p in prompts]
-    mismatches = 0
-    with open_backend("petals", model_path, config.initial_peers, config.dht_prefix, config.num_servers,
-                      device=config.device, dtype=config.dtype) as swarm:
-        for i, (prompt, want) in enumerate(zip(prompts, expected)):
-            got = swarm.generate(prompt, gen)[0].token_ids
+        with open_backend("petals", model_path, config.initial_peers, config.dht_prefix, config.num_servers,
+                          device=config.device, dtype=config.dtype) as swarm:
+            swarm_tokens = [swarm.generate(p, gen)[0].token_ids for p in prompts]
+        mismatches = 0
+        for i, (prompt, want, got) in enumerate(zip(prompts, expected, swarm_tokens)):
+            mismatches += got != want
             first = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), None)
-            same = got == want
-            mismatches += not same
-            print(f"prompt {i}: {len(got)} tokens, " + ("identical" if same else
-                  f"DIFFER (lengths {len(got)}/{len(want)}, first difference at token {first})"))
+            if got == want:
+                print(f"prompt {i}: {len(got)} tokens, identical")
+            elif first is None:
+                print(f"prompt {i}: DIFFER (lengths {len(got)}/{len(want)}, one a prefix of the other)")
+            else:
+                top, word = _top_two(local, prompt, want[:first]), local.tokenizer.decode
+                print(f"prompt {i}: DIFFER (lengths {len(got)}/{len(want)}, first difference at token {first}: local "
+                      f"{word(want[first:first + 1])!r}, swarm {word(got[first:first + 1])!r}; the local model's two "
+                      f"best logits there {top[0]:.3f} / {top[1]:.3f}, gap {top[0] - top[1]:.3f})")
     print(f"parity: {len(prompts) - mismatches}/{len(prompts)} prompts identical")
     return 1 if mismatches else 0
+
+
+def _top_two(local, prompt: str, prefix) -> list:
+    """The local model's two largest next-token logits after `prompt` and the generated `prefix` (transformers'
+    own forward pass, one sequence)."""
+    import torch
+
+    ids = torch.tensor([local.tokenizer(prompt).input_ids + list(prefix)], device=local.device)
+    with torch.inference_mode():
+        return local.model(ids).logits[0, -1].float().topk(2).values.tolist()
 
 
 def summarize(output_dir: str, markdown: Sequence[str] = ()) -> None:
