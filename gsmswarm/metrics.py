@@ -100,8 +100,9 @@ def paired(records_a: List[dict], records_b: List[dict]) -> Dict[str, float]:
 
 
 def identical_completions(records_a: List[dict], records_b: List[dict]) -> Dict[str, int]:
-    """On the problems both runs finished: how many have exactly the same completions, and the same pred. The
-    evidence that one backend's run stands for the other's (greedy decoding should give the same text).
+    """On the problems both runs finished: how many have exactly the same completions, the same pred, and how many
+    each solves. The evidence that one backend's run stands for the other's (greedy decoding in float32 gives the
+    same text; in 16-bit dtypes completions may part at ties, and the answers and accuracy say what that costs).
     Sampled runs also count rows: one row that parts mid-completion makes its whole problem differ, and the
     rows say how rare that is."""
     a, b = {r["idx"]: r for r in records_a}, {r["idx"]: r for r in records_b}
@@ -109,7 +110,8 @@ def identical_completions(records_a: List[dict], records_b: List[dict]) -> Dict[
     return {"n": len(common), "identical": sum(a[i]["completions"] == b[i]["completions"] for i in common),
             "rows": sum(len(a[i]["completions"]) for i in common),
             "identical_rows": sum(x == y for i in common for x, y in zip(a[i]["completions"], b[i]["completions"])),
-            "same_pred": sum(a[i]["pred"] == b[i]["pred"] for i in common)}
+            "same_pred": sum(a[i]["pred"] == b[i]["pred"] for i in common),
+            "correct_a": sum(a[i]["correct"] for i in common), "correct_b": sum(b[i]["correct"] for i in common)}
 
 
 def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], n_resamples: int = 10_000,

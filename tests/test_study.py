@@ -201,20 +201,20 @@ def test_the_study_takes_a_soft_prompt_only_once_its_training_ended(tmp_path):
 
 
 def test_swarm_rows_count_identical_completions_on_common_problems():
-    def recs(texts):
-        return [{"idx": i, "completions": [t], "pred": t[-1]} for i, t in enumerate(texts)]
+    def recs(texts):  # gold "1" for every problem
+        return [{"idx": i, "completions": [t], "pred": t[-1], "correct": t[-1] == "1"} for i, t in enumerate(texts)]
 
     def sampled(rows_per_problem):
-        return [{"idx": i, "completions": rows, "pred": "1"} for i, rows in enumerate(rows_per_problem)]
+        return [{"idx": i, "completions": rows, "pred": "1", "correct": True} for i, rows in enumerate(rows_per_problem)]
 
     local = {"cot": recs(["a 1", "b 2", "c 3", "d 4"]), "rag": recs(["x 1"]),
              "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "d 1"]])}
-    swarm = {"cot": recs(["a 1", "B 2", "c 3"]),  # problem 1 differs in text but not in its answer
+    swarm = {"cot": recs(["a 1", "B 1", "c 3"]),  # problem 1 parts, and its answer with it
              "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "D 1"]])}  # one row of problem 1 parts
     assert swarm_rows(local, swarm) == [
-        ("arm", "problems in both", "identical completions", "identical rows", "same answer"),
-        ("CoT 8-shot", "3", "2 (66.7%)", "2 of 3", "3 (100.0%)"),
-        ("SC k=8 T=0.7", "2", "1 (50.0%)", "3 of 4", "2 (100.0%)")]
+        ("arm", "problems in both", "identical completions", "identical rows", "same answer", "solved local / swarm"),
+        ("CoT 8-shot", "3", "2 (66.7%)", "2 of 3", "2 (66.7%)", "1 / 2"),
+        ("SC k=8 T=0.7", "2", "1 (50.0%)", "3 of 4", "2 (100.0%)", "2 / 2")]
 
 
 def test_the_readmes_answer_and_the_results_tables_are_the_records():
