@@ -209,11 +209,11 @@ def test_swarm_rows_count_identical_completions_on_common_problems():
 
     local = {"cot": recs(["a 1", "b 2", "c 3", "d 4"]), "rag": recs(["x 1"]),
              "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "d 1"]])}
-    swarm = {"cot": recs(["a 1", "B 1", "c 3"]),  # problem 1 parts, and its answer with it
-             "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "D 1"]])}  # one row of problem 1 parts
+    swarm = {"cot": recs(["a 1", "B 2", "c 3", "D 1"]),  # problem 1 differs in text but not in its answer,
+             "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "D 1"]])}  # problem 3 in its answer; one SC row parts
     assert swarm_rows(local, swarm) == [
         ("arm", "problems in both", "identical completions", "identical rows", "same answer", "solved local / swarm"),
-        ("CoT 8-shot", "3", "2 (66.7%)", "2 of 3", "2 (66.7%)", "1 / 2"),
+        ("CoT 8-shot", "4", "2 (50.0%)", "2 of 4", "3 (75.0%)", "1 / 2"),
         ("SC k=8 T=0.7", "2", "1 (50.0%)", "3 of 4", "2 (100.0%)", "2 / 2")]
 
 
