@@ -296,7 +296,7 @@ def test_train_prompt_cli_resumes_and_the_prompt_evaluates(swarm, tmp_path):
     while not (checkpoint.exists() and torch.load(checkpoint, weights_only=False)["step"] >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler sends; Ctrl-C (SIGINT) takes the same path
     assert proc.wait(timeout=120) == 130 and "rerun the same command to resume" in proc.stderr.read()
     stopped = torch.load(checkpoint, weights_only=False)["step"]
     assert 2 <= stopped < 40
