@@ -11,7 +11,8 @@ from .config import RunConfig, UserError
 from .taxonomy import taxonomy
 from .metrics import accuracy, maj_curve, paired
 from .results import dtype_of, graded, load_runs, read_records, write_json
-from .study import (ALPHA, ARMS, FAMILIES, claim_difference, comparison_rows, find_arms, pending_claims,
+from .convert import MODELS
+from .study import (ALPHA, ARMS, FAMILIES, claim_difference, comparison_rows, find_arms, model_rows, pending_claims,
                     shown_arms, swarm_rows, verdict_rows, verdicts)
 
 # Generated parts of markdown files, written by `python -m gsmswarm summarize --markdown FILE` and checked
@@ -110,7 +111,8 @@ def study_results(summaries: List[dict]) -> Dict[str, dict]:
             comparisons, claims = verdicts(records, name)
             families[name] = {"comparisons": comparisons, "claims": claims,
                               "pending": pending_claims(claims, records, family=name)}
-        out[model] = {"shown": shown, "families": families, "swarm": swarm_rows(local, swarm)}
+        out[model] = {"shown": shown, "families": families, "swarm": swarm_rows(local, swarm),
+                      "records": {arm: local.get(arm) or swarm[arm] for arm in shown}}
     return out
 
 
@@ -140,6 +142,11 @@ def study_markdown(results: Dict[str, dict]) -> str:
         if len(r["swarm"]) > 1:
             parts.append(f"The local runs against the same arms through the Petals swarm, {model}:\n\n"
                          + markdown_table(r["swarm"]))
+    across = model_rows({model: r["records"] for model, r in results.items()}, tuple(MODELS))
+    if len(across) > 1:
+        parts.append("The models side by side: each arm run for more than one model, each against the next larger "
+                     "one on the problems both ran (the larger minus the smaller, paired bootstrap 95% interval; "
+                     "descriptive, no test: claims are judged within one model):\n\n" + markdown_table(across))
     return "\n\n".join(parts)
 
 

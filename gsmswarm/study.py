@@ -247,6 +247,24 @@ def swarm_rows(local: Dict[str, List[dict]], swarm: Dict[str, List[dict]]) -> Li
     return rows
 
 
+def model_rows(records: Dict[str, Dict[str, List[dict]]], order: Tuple[str, ...] = ()) -> List[tuple]:
+    """Each arm run for more than one model (model -> arm -> records), each model against the next larger one
+    (`order`, smallest first; models it does not name last) on the problems both ran: what scale changes, arm by
+    arm. Descriptive, without a test: each model's claims are judged in its own families, and arms are never
+    compared across models."""
+    models = sorted(records, key=lambda m: (order.index(m) if m in order else len(order), m))
+    rows = [("arm", "smaller → larger model", "problems in both", "accuracy, smaller", "accuracy, larger",
+             "only the smaller", "only the larger", "difference [95% CI]")]
+    for arm in ARMS:
+        have = [m for m in models if arm in records[m]]
+        for small, large in zip(have, have[1:]):
+            c = paired(records[large][arm], records[small][arm])
+            n = max(c["n"], 1)
+            rows.append((ARMS[arm].label, f"{small} → {large}", str(c["n"]),
+                         f"{(c['both_right'] + c['only_b']) / n:.3f}", f"{(c['both_right'] + c['only_a']) / n:.3f}",
+                         str(c["only_b"]), str(c["only_a"]), _diff(c)))
+    return rows
+
 def _diff(c: dict) -> str:
     return f"{c['diff']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]"
 

@@ -8,8 +8,8 @@ from conftest import cli
 
 from gsmswarm.config import TuningConfig
 from gsmswarm.results import run_name
-from gsmswarm.study import (ARMS, FAMILIES, arm_config, find_arms, pending_claims, swarm_rows, training_command,
-                            verdicts)
+from gsmswarm.study import (ARMS, FAMILIES, arm_config, find_arms, model_rows, pending_claims, swarm_rows,
+                            training_command, verdicts)
 from gsmswarm.tuning import folder_name
 
 N = 200
@@ -216,6 +216,19 @@ def test_swarm_rows_count_identical_completions_on_common_problems():
         ("CoT 8-shot", "4", "2 (50.0%)", "2 of 4", "3 (75.0%)", "1 / 2"),
         ("SC k=8 T=0.7", "2", "1 (50.0%)", "3 of 4", "2 (100.0%)", "2 / 2")]
 
+
+def test_model_rows_pair_each_model_with_the_next_larger_on_common_problems():
+    def recs(outcomes, start=0):
+        return [{"idx": start + i, "correct": c} for i, c in enumerate(outcomes)]
+
+    records = {"big": {"cot": recs([1, 1, 1, 0, 1]), "rag": recs([1])},  # one problem more than "small" ran
+               "small": {"cot": recs([1, 0, 0, 1]), "pal": recs([1])},
+               "tiny": {"cot": recs([0, 0, 0, 0], start=2)}}  # overlaps the others on problems 2 and 3
+    rows = model_rows(records, order=("tiny", "small", "big"))
+    assert [r[:7] for r in rows[1:]] == [("CoT 8-shot", "tiny → small", "2", "0.000", "0.500", "0", "1"),
+                                         ("CoT 8-shot", "small → big", "4", "0.500", "0.750", "1", "2")]
+    assert rows[2][7].startswith("+0.250 [")  # larger minus smaller
+    assert len(model_rows({"small": records["small"]})) == 1  # one model: the header alone
 
 def test_the_readmes_answer_and_the_results_tables_are_the_records():
     """README.md's answer and docs/results.md's tables are exactly what `summarize --markdown README.md
