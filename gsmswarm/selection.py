@@ -35,6 +35,11 @@ CANDIDATES = [
                 {"method": "rag", "prompt": "chat_rag_context", "rag_k": k}) for k in (2, 4, 8)),
     *(Candidate("RAG", f"chat, k={k} exemplars as turns", {"method": "rag", "prompt": "chat_rag_turns", "rag_k": k})
       for k in (2, 4, 8)),
+    # the reference text with the instruction where the prompt-only choice has it (added after the others ran:
+    # RAG at its strongest form, and the form the chat soft prompt was trained in front of); k=2 only, the best k
+    # of both forms above
+    Candidate("RAG", "chat, k=2 exemplars as reference text, instruction as the system turn",
+              {"method": "rag", "prompt": "chat_rag_context_system", "rag_k": 2}),
     Candidate("RAG", "plain RAG k=8 (the first study's frame)", {"method": "rag", "prompt": "rag_cot", "rag_k": 8}),
     # the ReAct agent (search, calculate, finish): its 8 example traces as plain text, or as chat turns
     Candidate("agent", "plain ReAct, 8 example traces", {"method": "agent"}),

@@ -321,6 +321,9 @@ def train(config: TuningConfig) -> Path:
                             f"problems; it needs at least one of each")
     dev_problems = dev_problems[:config.dev_limit]
     checkpoint = _read_checkpoint(folder, meta)
+    if checkpoint is not None and checkpoint["step"] >= config.steps:  # a queue's rerun: no swarm to start
+        print(f"{folder} has all {config.steps} steps already", file=sys.stderr)
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
 
     context = (rag_context(train_problems + dev_problems, config.rag_k, template, cache=folder / CONTEXT_FILE)

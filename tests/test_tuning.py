@@ -309,6 +309,10 @@ def test_train_prompt_cli_resumes_and_the_prompt_evaluates(swarm, tmp_path):
     config = json.loads((out / "run" / "config.json").read_text())
     assert config["tuning_mode"] == "ptune" and config["best"]["step"] is not None
 
+    rerun = cli(*args, "--steps", str(stopped + 2))  # finished: says so, starts nothing, changes nothing
+    assert rerun.returncode == 0 and f"has all {stopped + 2} steps already" in rerun.stderr
+    assert read_train_log(out / "run") == log
+
     again = cli(*args, "--steps", str(stopped + 2), "--lr", "0.1")
     assert again.returncode == 2 and "other settings (lr)" in again.stderr
 
