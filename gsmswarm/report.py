@@ -112,7 +112,7 @@ def study_results(summaries: List[dict]) -> Dict[str, dict]:
             families[name] = {"comparisons": comparisons, "claims": claims,
                               "pending": pending_claims(claims, records, family=name)}
         out[model] = {"shown": shown, "families": families, "swarm": swarm_rows(local, swarm),
-                      "records": {arm: local.get(arm) or swarm[arm] for arm in shown}}
+                      "records": {arm: local[arm] if arm in local else swarm[arm] for arm in shown}}
     return out
 
 

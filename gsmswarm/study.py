@@ -265,6 +265,7 @@ def model_rows(records: Dict[str, Dict[str, List[dict]]], order: Tuple[str, ...]
                          str(c["only_b"]), str(c["only_a"]), _diff(c)))
     return rows
 
+
 def _diff(c: dict) -> str:
     return f"{c['diff']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]"
 

@@ -230,6 +230,7 @@ def test_model_rows_pair_each_model_with_the_next_larger_on_common_problems():
     assert rows[2][7].startswith("+0.250 [")  # larger minus smaller
     assert len(model_rows({"small": records["small"]})) == 1  # one model: the header alone
 
+
 def test_the_readmes_answer_and_the_results_tables_are_the_records():
     """README.md's answer and docs/results.md's tables are exactly what `summarize --markdown README.md
     docs/results.md` makes from the committed records: commit records without regenerating them, or edit a
