@@ -338,7 +338,7 @@ def train(config: TuningConfig) -> Path:
         if all(n_prompt >= len(ids) for ids, n_prompt in dev_examples):
             raise UserError(f"--max-length {config.max_length}: the prompt alone ({config.prompt}) fills it, so no "
                             f"solution token is left to learn; raise --max-length")
-        if run.step == 0:
+        if eval_due(run.step, config) and run.step not in run.log.evaluated:  # a run stopped in its evaluation
             run.evaluate(dev_examples)
         bar = tqdm(range(run.step, config.steps), initial=run.step, total=config.steps, desc=name, unit="step",
                    dynamic_ncols=True)
@@ -347,12 +347,17 @@ def train(config: TuningConfig) -> Path:
                 batch = [encode(train_problems[i])
                          for i in batch_order(len(train_problems), config.batch_size, step, config.seed)]
                 loss = run.train_step(batch)
-                if run.step % config.eval_every == 0 or run.step == config.steps:
+                if eval_due(run.step, config):
                     run.evaluate(dev_examples)
                 bar.set_postfix(loss=f"{loss:.3f}", dev=f"{run.best['dev_loss']:.3f}@{run.best['step']}")
         finally:  # Ctrl-C too: the steps done so far are kept
             run.close()
     return folder
+
+
+def eval_due(step: int, config: TuningConfig) -> bool:
+    """Whether the dev loss is measured after this step: at the start, every eval_every steps, and at the end."""
+    return step % config.eval_every == 0 or step == config.steps
 
 
 class _Training:
@@ -498,9 +503,12 @@ class _TrainLog:
     def __init__(self, path: Path, keep_until: int):
         rows = [r for r in read_train_log(path.parent) if r["step"] <= keep_until] if path.exists() else []
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.evaluated = {r["step"] for r in rows if "dev_loss" in r}
         self._file = open(path, "a")
 
     def write(self, row: dict) -> None:
+        if "dev_loss" in row:
+            self.evaluated.add(row["step"])
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 

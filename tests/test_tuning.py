@@ -300,12 +300,16 @@ def test_train_prompt_cli_resumes_and_the_prompt_evaluates(swarm, tmp_path):
     assert proc.wait(timeout=120) == 130 and "rerun the same command to resume" in proc.stderr.read()
     stopped = torch.load(checkpoint, weights_only=False)["step"]
     assert 2 <= stopped < 40
+    log_path = out / "run" / "train_log.jsonl"  # as if stopped inside the evaluation at its last step
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in read_train_log(out / "run")
+                                if not ("dev_loss" in r and r["step"] == stopped)))
 
     done = cli(*args, "--steps", str(stopped + 2))
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming {out / 'run'} at step {stopped}" in done.stderr
     log = read_train_log(out / "run")
     assert [r["step"] for r in log if "loss" in r] == list(range(1, stopped + 3))  # every step once
+    assert [r["step"] for r in log if "dev_loss" in r] == sorted({*range(0, stopped + 3, 2), stopped + 2})
     config = json.loads((out / "run" / "config.json").read_text())
     assert config["tuning_mode"] == "ptune" and config["best"]["step"] is not None
 
