@@ -11,6 +11,7 @@ records.
     .venv/bin/python benchmarks/throughput.py --configs before,fp32:32,bfloat16:32 --method calculator --limit 16
     .venv/bin/python benchmarks/throughput.py --lm-eval float32:8,bfloat16:16   # installs lm-eval in .cache/
     .venv/bin/python benchmarks/throughput.py --backend petals --configs float32:1,float32:4 --limit 8
+    .venv/bin/python benchmarks/throughput.py --configs local/bfloat16:1,petals/bfloat16:4 --limit 8  # swarm vs local
     .venv/bin/python benchmarks/throughput.py --configs b69cd65@bfloat16:32,bfloat16:32 --limit 32   # engine vs engine
     .venv/bin/python benchmarks/throughput.py --prompt cot_zeroshot --stop $'\nQ:' --max-new-tokens 320 ...  # long answers
 """
@@ -64,8 +65,8 @@ def records(folder: Path) -> dict:
     return out
 
 
-def gsmswarm_run(label, args, out: Path, pythonpath=None, batch_size=None, dtype=None) -> dict:
-    cmd = [sys.executable, "-m", "gsmswarm", "run", "--backend", args.backend, "--method", args.method,
+def gsmswarm_run(label, args, out: Path, pythonpath=None, batch_size=None, dtype=None, backend=None) -> dict:
+    cmd = [sys.executable, "-m", "gsmswarm", "run", "--backend", backend or args.backend, "--method", args.method,
            "--model", args.model, "--limit", str(args.limit), "--output-dir", str(out / label)]
     cmd += [arg for flag in ("prompt", "max_new_tokens") if getattr(args, flag)
             for arg in (f"--{flag.replace('_', '-')}", str(getattr(args, flag)))]
@@ -119,7 +120,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--backend", default="local", help="local, or petals (a loopback swarm per run; the batch size "
-                                                       "is then the number of requests in flight)")
+                                                       "is then the number of requests in flight); a config may "
+                                                       "name its own")
     p.add_argument("--method", default="cot", help="cot, calculator or self_consistency")
     p.add_argument("--samples", type=int, default=8, help="self_consistency: completions per problem")
     p.add_argument("--limit", type=int, default=64, help="first N test problems")
@@ -128,8 +130,9 @@ def main() -> None:
     p.add_argument("--stop", nargs="+", help="stop strings for the engine's runs (default: the method's)")
     p.add_argument("--before", default="2113b37", help="commit whose CLI is the one-problem-at-a-time baseline")
     p.add_argument("--configs", default="before,float32:1,float32:32,bfloat16:32",
-                   help="comma-separated: 'before', or [COMMIT@]DTYPE:BATCH_SIZE for the engine (at COMMIT: the "
-                        "engine of that commit, from a git worktree, run with this venv)")
+                   help="comma-separated: 'before', or [COMMIT@][BACKEND/]DTYPE:BATCH_SIZE for the engine (at "
+                        "COMMIT: the engine of that commit, from a git worktree, run with this venv; BACKEND: "
+                        "local or petals instead of --backend)")
     p.add_argument("--lm-eval", default="", help="comma-separated DTYPE:BATCH_SIZE runs of lm-eval (cot only)")
     args = p.parse_args()
     from gsmswarm.results import git_commit
@@ -145,20 +148,21 @@ def main() -> None:
                                  **gsmswarm_run("before", args, out, pythonpath=tree)})
             else:
                 at, _, config = config.rpartition("@")
+                backend, _, config = config.rpartition("/")
                 dtype, batch = config.split(":")
-                label = f"engine{' at ' + at if at else ''}, batch {batch}, {dtype}"
+                label = f"{backend or 'engine'}{' at ' + at if at else ''}, batch {batch}, {dtype}"
                 with worktree(out, at) as tree:
-                    rows.append({"config": label, **gsmswarm_run(f"{i}-{at}-{dtype}-{batch}", args, out, pythonpath=tree,
-                                                                 batch_size=int(batch), dtype=dtype)})
+                    run = gsmswarm_run(f"{i}-{at}-{dtype}-{batch}", args, out, pythonpath=tree, batch_size=int(batch),
+                                       dtype=dtype, backend=backend)
+                    rows.append({"config": label, **run})
         for config in filter(None, args.lm_eval.split(",")):
             print(f"running lm-eval {config} ...", file=sys.stderr, flush=True)
             dtype, batch = config.split(":")
             rows.append({"config": f"lm-eval {LM_EVAL.split('==')[1]} hf, batch {batch}, {dtype}",
                          **lm_eval_run(f"lm-eval-{dtype}-{batch}", args, out, dtype, int(batch))})
     base = rows[0]
-    print(f"\n{args.method}, {args.model}, {args.backend} backend, first {args.limit} test problems, code at "
-          f"{commit}, {os.cpu_count()} cores; "
-          f"ratios against the first row\n")
+    print(f"\n{args.method}, {args.model}, {args.backend} backend where a row names none, first {args.limit} test "
+          f"problems, code at {commit}, {os.cpu_count()} cores; ratios against the first row\n")
     print("| configuration | wall s | problems/h | generated tokens/s | correct | same completions as row 1 "
           "| peak RSS MB | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
