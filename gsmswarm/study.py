@@ -228,7 +228,8 @@ def pending_claims(claims: List[dict], arms_run, backend: str = "local", family:
             lines.append(f"{claim.text}: not judged yet, no {backend} run of {missing}")
         elif len(judged[claim.text]) < len(at):
             seeds = ", ".join(str(s) for s in judged[claim.text])
-            lines.append(f"{claim.text}: judged at seed {seeds} only, no {backend} run of {missing} yet")
+            plural = "s" if len(judged[claim.text]) > 1 else ""
+            lines.append(f"{claim.text}: judged at seed{plural} {seeds} only, no {backend} run of {missing} yet")
     return lines
 
 

@@ -68,6 +68,8 @@ def test_a_claim_is_confirmed_only_if_it_holds_at_every_seed_run():
     assert [(c["a"], c["b"]) for c in claims["ptune_rag"]["comparisons"]] == [
         ("ptune_rag", "ptune"), ("ptune_rag", "rag"), ("ptune_rag_s1", "ptune_s1"), ("ptune_rag_s1", "rag")]
     assert claims["ptune_rag"]["verdict"] == "confirmed"
+    assert pending_claims(list(claims.values()), runs(**solved))[0] == (
+        "prompt tuning beats RAG: judged at seeds 0, 1 only, no local run of PT (seed 2) yet")
     _, claims = verdicts(runs(**{**solved, "ptune_s1": 20}))  # seed 1's prompt is no better than RAG
     claims = by_claim(claims)
     assert claims["ptune"]["verdict"] == "undecided"  # seed 0 confirms, seed 1 does not: not confirmed
