@@ -25,11 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def first_difference(a, b) -> int:
-    """The first index at which the sequences differ (the shorter one's length if one is a prefix of the other)."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
 class Scorer:
     """Next-token logits of the record's model, in float32, with its soft prompt in front (ptune)."""
 
@@ -65,7 +60,8 @@ class Scorer:
 
 def parting(scorer: Scorer, question: str, text_a: str, text_b: str) -> dict:
     """At the first token where the two completions differ: each one's token, its rank (1 = the model's first
-    choice) and logit there, and the margin between them."""
+    choice) and logit there (None where that completion ended), and the margin between them."""
+    from gsmswarm.metrics import first_difference
     from gsmswarm.prompts import render
 
     prompt = render(scorer.template, question=question)
@@ -73,14 +69,12 @@ def parting(scorer: Scorer, question: str, text_a: str, text_b: str) -> dict:
     i = first_difference(a, b)
     logits = scorer.logits(a[:i])
     order = logits.argsort(descending=True).tolist()
-    rank = {t: order.index(t) + 1 for t in order[:1000]}
+    rank = {t: r for r, t in enumerate(order[:1000], 1)}
     out = {"position": i - len(scorer.tokenizer(prompt).input_ids), "gap_top2": float(logits[order[0]] - logits[order[1]])}
     for side, ids in (("a", a), ("b", b)):
-        token = ids[i] if i < len(ids) else None  # None: this completion ended here
-        out[side] = (scorer.tokenizer.decode([token]) if token is not None else "<end>",
-                     rank.get(token, ">1000") if token is not None else "-",
-                     float(logits[token]) if token is not None else None)
-    if out["a"][2] is not None and out["b"][2] is not None:
+        out[side] = ((scorer.tokenizer.decode([ids[i]]), rank.get(ids[i], ">1000"), float(logits[ids[i]]))
+                     if i < len(ids) else None)
+    if out["a"] and out["b"]:
         out["margin"] = abs(out["a"][2] - out["b"][2])
     return out
 
@@ -116,11 +110,11 @@ def main() -> None:
     print("| problem | token | A's token (rank, logit) | B's token (rank, logit) | margin | top-2 gap |")
     print("|---|---|---|---|---|---|")
     for i, r in rows:
-        side = lambda s: f"`{r[s][0]!r}` ({r[s][1]}, {r[s][2]:.3f})" if r[s][2] is not None else "end"  # noqa: E731
+        side = lambda s: f"`{r[s][0]!r}` ({r[s][1]}, {r[s][2]:.3f})" if r[s] else "end"  # noqa: E731
         margin = f"{r['margin']:.3f}" if "margin" in r else "-"
         print(f"| {i} | {r['position']} | {side('a')} | {side('b')} | {margin} | {r['gap_top2']:.3f} |")
     margins = [r["margin"] for _, r in rows if "margin" in r]
-    top2 = sum({r["a"][1], r["b"][1]} == {1, 2} for _, r in rows)
+    top2 = sum("margin" in r and {r["a"][1], r["b"][1]} == {1, 2} for _, r in rows)
     if margins:
         print(f"\n{top2} of {len(rows)} partings are between the model's first and second choice; margin median "
               f"{statistics.median(margins):.3f}, max {max(margins):.3f} logits")

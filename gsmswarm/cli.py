@@ -70,6 +70,7 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     from .backends import open_backend
     from .convert import resolve_model
     from .data import load_split
+    from .metrics import first_difference
     from .prompts import chat_generation, load_prompt, render
 
     if config.soft_prompt:
@@ -86,10 +87,10 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
         mismatches = 0
         for i, (prompt, want, got) in enumerate(zip(prompts, expected, swarm_tokens)):
             mismatches += got != want
-            first = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), None)
+            first = first_difference(got, want)
             if got == want:
                 print(f"prompt {i}: {len(got)} tokens, identical")
-            elif first is None:
+            elif first == min(len(got), len(want)):
                 print(f"prompt {i}: DIFFER (lengths {len(got)}/{len(want)}, one a prefix of the other)")
             else:
                 top, word = _top_two(local, prompt, want[:first]), local.tokenizer.decode

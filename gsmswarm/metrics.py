@@ -99,6 +99,11 @@ def paired(records_a: List[dict], records_b: List[dict]) -> Dict[str, float]:
             "diff": diff, "diff_ci_low": lo, "diff_ci_high": hi}
 
 
+def first_difference(a: Sequence, b: Sequence) -> int:
+    """The first index at which two sequences differ (the shorter one's length if one is a prefix of the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def identical_completions(records_a: List[dict], records_b: List[dict]) -> Dict[str, int]:
     """On the problems both runs finished: how many have exactly the same completions, the same pred, and how many
     each solves. The evidence that one backend's run stands for the other's (greedy decoding in float32 gives the

@@ -338,7 +338,7 @@ def train(config: TuningConfig) -> Path:
         if all(n_prompt >= len(ids) for ids, n_prompt in dev_examples):
             raise UserError(f"--max-length {config.max_length}: the prompt alone ({config.prompt}) fills it, so no "
                             f"solution token is left to learn; raise --max-length")
-        if eval_due(run.step, config) and run.step not in run.log.evaluated:  # a run stopped in its evaluation
+        if eval_due(run.step, config) and run.step not in run.log.evaluated_before:  # stopped in its evaluation
             run.evaluate(dev_examples)
         bar = tqdm(range(run.step, config.steps), initial=run.step, total=config.steps, desc=name, unit="step",
                    dynamic_ncols=True)
@@ -503,12 +503,10 @@ class _TrainLog:
     def __init__(self, path: Path, keep_until: int):
         rows = [r for r in read_train_log(path.parent) if r["step"] <= keep_until] if path.exists() else []
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        self.evaluated = {r["step"] for r in rows if "dev_loss" in r}
+        self.evaluated_before = {r["step"] for r in rows if "dev_loss" in r}  # the kept rows' dev-loss steps
         self._file = open(path, "a")
 
     def write(self, row: dict) -> None:
-        if "dev_loss" in row:
-            self.evaluated.add(row["step"])
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 

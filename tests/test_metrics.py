@@ -1,8 +1,8 @@
 import pytest
 
 from gsmswarm.answers import INVALID
-from gsmswarm.metrics import (accuracy, holm, maj_at_k, maj_curve, majority_vote, mcnemar_exact, paired,
-                              paired_bootstrap, wilson_interval)
+from gsmswarm.metrics import (accuracy, first_difference, holm, maj_at_k, maj_curve, majority_vote, mcnemar_exact,
+                              paired, paired_bootstrap, wilson_interval)
 
 
 @pytest.mark.parametrize("preds, expected", [
@@ -88,3 +88,9 @@ def test_paired_reports_the_difference_a_minus_b():
     b = [_rec(i, "1", ["1" if i < 2 else "0"]) for i in range(10)]
     out = paired(a, b)
     assert out["diff"] == pytest.approx(0.4) and out["diff_ci_low"] > 0 and out["diff_ci_high"] <= 0.8
+
+
+def test_first_difference_is_where_two_sequences_part():
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2  # a prefix: where the shorter one ends
+    assert first_difference("abc", "abc") == 3
