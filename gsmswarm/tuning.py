@@ -30,8 +30,10 @@ import dataclasses
 import json
 import math
 import random
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -418,20 +420,22 @@ class _Training:
         loss = (retry_swarm_step(forward_backward, self.step + 1) if self.through_swarm
                 else forward_backward())
         grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in self.tunable.params))
-        self.optimizer.step()
-        self.step += 1
-        self.log.write({"step": self.step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 5),
-                        "tokens": n_tokens, "seconds": round(time.perf_counter() - t0, 3)})
+        with _signals_deferred():  # the prompt, the step and its log row change together
+            self.optimizer.step()
+            self.step += 1
+            self.log.write({"step": self.step, "loss": round(loss, 5), "grad_norm": round(grad_norm, 5),
+                            "tokens": n_tokens, "seconds": round(time.perf_counter() - t0, 3)})
         return loss
 
     def evaluate(self, dev_examples) -> None:
         """Dev loss now; the prompt is saved when it is the best so far (early stopping), then a checkpoint."""
         loss = round(dev_loss(self.tunable, dev_examples, self.pad_id, self.micro_batch_size), 5)
-        self.log.write({"step": self.step, "dev_loss": loss})
-        if loss < self.best["dev_loss"]:
-            self.best = {"step": self.step, "dev_loss": loss}
-            save_soft_prompt(self.tunable.export(self.name), self.folder)
-        self.checkpoint()
+        with _signals_deferred():  # a logged dev loss is never missing from the best or the checkpoint
+            self.log.write({"step": self.step, "dev_loss": loss})
+            if loss < self.best["dev_loss"]:
+                self.best = {"step": self.step, "dev_loss": loss}
+                save_soft_prompt(self.tunable.export(self.name), self.folder)
+            self.checkpoint()
 
     def checkpoint(self) -> None:
         _write_checkpoint(self.folder, self.meta, self.step, self.tunable.export(self.name), self.optimizer,
@@ -463,6 +467,23 @@ def retry_swarm_step(forward_backward, step: int, tries: int = SWARM_STEP_TRIES)
                 raise BackendError(f"training step {step}: the swarm failed it {tries} times ({detail}); the "
                                    f"steps before it are saved, rerun the same command to resume") from e
             print(f"training step {step}: the swarm failed it ({detail}); trying it again", file=sys.stderr)
+
+
+@contextmanager
+def _signals_deferred():
+    """Ctrl-C and SIGTERM (a KeyboardInterrupt here, see __main__) wait until the block ends. A step stopped
+    between the optimizer's update and the step count would checkpoint the updated prompt under the old step, and
+    the resumed run would take that step twice; a dev loss logged but not yet in `best` would never be evaluated
+    again (the resume skips logged steps), so its prompt could be lost."""
+    caught = []
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # now, through the handler it was meant for
 
 
 def _write_checkpoint(folder: Path, meta: dict, step: int, prompt: SoftPrompt, optimizer, best: dict) -> None:

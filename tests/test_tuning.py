@@ -262,6 +262,39 @@ def test_micro_batches_give_the_steps_loss_and_gradient(model_path, tmp_path):
     assert (micro_grad - whole_grad).norm() <= 1e-4 * whole_grad.norm()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_an_update_or_a_dev_evaluation_waits_until_its_state_is_whole(local_backend, tmp_path,
+                                                                                    monkeypatch, signum):
+    """Ctrl-C or SIGTERM right after the optimizer's update: the step is still counted and logged (else the
+    checkpoint held the updated prompt under the step before, and the resume took that step twice); right after a
+    dev loss is logged: it is still the best and its prompt saved (else the resume, which skips logged steps,
+    never saw it again)."""
+    from gsmswarm.tuning import SOFT_PROMPT_FILE, _Training
+
+    handlers = {s: signal.signal(s, signal.default_int_handler)  # as __main__ sets them
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    run = _Training(TuningConfig(backend="local", batch_size=1, num_virtual_tokens=4), local_backend, tmp_path,
+                    {"name": "run"}, None)
+    batch = [encode_example(p, load_prompt("qa_zeroshot"), local_backend.tokenizer, 320)
+             for p in load_split("train", 1)]
+    try:
+        def then_signal(method):
+            return lambda *args, **kwargs: (method(*args, **kwargs), signal.raise_signal(signum))[0]
+
+        monkeypatch.setattr(run.optimizer, "step", then_signal(run.optimizer.step))
+        with pytest.raises(KeyboardInterrupt):
+            run.train_step(batch)
+        assert run.step == 1 and [r["step"] for r in read_train_log(tmp_path)] == [1]
+        monkeypatch.setattr(run.log, "write", then_signal(run.log.write))
+        with pytest.raises(KeyboardInterrupt):
+            run.evaluate(batch)
+        assert run.best["step"] == 1 and (tmp_path / SOFT_PROMPT_FILE).exists()
+    finally:
+        run.log.close()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("mode", ["ptune", "deep_ptune"])
 def test_generation_with_a_soft_prompt_is_the_same_locally_and_through_the_swarm(fresh_petals, model_path, mode):
     from gsmswarm.backends import load_backend
