@@ -235,14 +235,16 @@ def pending_claims(claims: List[dict], arms_run, backend: str = "local", family:
 
 def swarm_rows(local: Dict[str, List[dict]], swarm: Dict[str, List[dict]]) -> List[tuple]:
     """Each arm run both locally and through the swarm: identical completions, answers and how many each solves,
-    on the problems both finished."""
-    rows = [("arm", "problems in both", "identical completions", "identical rows", "same answer",
+    on the problems both finished. The dtype (its family's, the servers' too) says what to expect: float32 gives
+    the same greedy text, bfloat16 rounds differently on each side and parts at near ties."""
+    rows = [("arm", "dtype", "problems in both", "identical completions", "identical rows", "same answer",
              "solved local / swarm")]
     for arm in ARMS:
         if arm in local and arm in swarm:
             c = identical_completions(local[arm], swarm[arm])
             n = max(c["n"], 1)
-            rows.append((ARMS[arm].label, str(c["n"]), f"{c['identical']} ({c['identical'] / n:.1%})",
+            rows.append((ARMS[arm].label, FAMILIES[FAMILY_OF[arm]].fields["dtype"], str(c["n"]),
+                         f"{c['identical']} ({c['identical'] / n:.1%})",
                          f"{c['identical_rows']} of {c['rows']}", f"{c['same_pred']} ({c['same_pred'] / n:.1%})",
                          f"{c['correct_a']} / {c['correct_b']}"))
     return rows

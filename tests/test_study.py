@@ -210,13 +210,16 @@ def test_swarm_rows_count_identical_completions_on_common_problems():
         return [{"idx": i, "completions": rows, "pred": "1", "correct": True} for i, rows in enumerate(rows_per_problem)]
 
     local = {"cot": recs(["a 1", "b 2", "c 3", "d 4"]), "rag": recs(["x 1"]),
-             "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "d 1"]])}
+             "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "d 1"]]), "chat_agent": recs(["a 1"])}
     swarm = {"cot": recs(["a 1", "B 2", "c 3", "D 1"]),  # problem 1 differs in text but not in its answer,
-             "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "D 1"]])}  # problem 3 in its answer; one SC row parts
+             "sc_t0.7": sampled([["a 1", "b 1"], ["c 1", "D 1"]]),  # problem 3 in its answer; one SC row parts
+             "chat_agent": recs(["a 1"])}  # the chat family's dtype
     assert swarm_rows(local, swarm) == [
-        ("arm", "problems in both", "identical completions", "identical rows", "same answer", "solved local / swarm"),
-        ("CoT 8-shot", "4", "2 (50.0%)", "2 of 4", "3 (75.0%)", "1 / 2"),
-        ("SC k=8 T=0.7", "2", "1 (50.0%)", "3 of 4", "2 (100.0%)", "2 / 2")]
+        ("arm", "dtype", "problems in both", "identical completions", "identical rows", "same answer",
+         "solved local / swarm"),
+        ("CoT 8-shot", "float32", "4", "2 (50.0%)", "2 of 4", "3 (75.0%)", "1 / 2"),
+        ("SC k=8 T=0.7", "float32", "2", "1 (50.0%)", "3 of 4", "2 (100.0%)", "2 / 2"),
+        ("chat agent (ReAct)", "bfloat16", "1", "1 (100.0%)", "1 of 1", "1 (100.0%)", "1 / 1")]
 
 
 def test_model_rows_pair_each_model_with_the_next_larger_on_common_problems():
