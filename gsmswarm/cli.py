@@ -70,7 +70,6 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
     from .backends import open_backend
     from .convert import resolve_model
     from .data import load_split
-    from .metrics import first_difference
     from .prompts import chat_generation, load_prompt, render
 
     if config.soft_prompt:
@@ -84,21 +83,29 @@ def parity(config: RunConfig, gen: GenerationConfig) -> int:
         with open_backend("petals", model_path, config.initial_peers, config.dht_prefix, config.num_servers,
                           device=config.device, dtype=config.dtype) as swarm:
             swarm_tokens = [swarm.generate(p, gen)[0].token_ids for p in prompts]
-        mismatches = 0
         for i, (prompt, want, got) in enumerate(zip(prompts, expected, swarm_tokens)):
-            mismatches += got != want
-            first = first_difference(got, want)
-            if got == want:
-                print(f"prompt {i}: {len(got)} tokens, identical")
-            elif first == min(len(got), len(want)):
-                print(f"prompt {i}: DIFFER (lengths {len(got)}/{len(want)}, one a prefix of the other)")
-            else:
-                top, word = _top_two(local, prompt, want[:first]), local.tokenizer.decode
-                print(f"prompt {i}: DIFFER (lengths {len(got)}/{len(want)}, first difference at token {first}: local "
-                      f"{word(want[first:first + 1])!r}, swarm {word(got[first:first + 1])!r}; the local model's two "
-                      f"best logits there {top[0]:.3f} / {top[1]:.3f}, gap {top[0] - top[1]:.3f})")
+            print(f"prompt {i}: " + parity_line(want, got, local.tokenizer.decode,
+                                                lambda prefix: _top_two(local, prompt, prefix)))
+    mismatches = sum(got != want for want, got in zip(expected, swarm_tokens))
     print(f"parity: {len(prompts) - mismatches}/{len(prompts)} prompts identical")
     return 1 if mismatches else 0
+
+
+def parity_line(want: list, got: list, decode, top_two) -> str:
+    """How the swarm's greedy tokens (`got`) compare with the local model's (`want`); where they part inside both,
+    each side's token and the local model's two best logits there (`top_two(prefix)`), the gap that says tie or
+    fault."""
+    from .metrics import first_difference
+
+    first = first_difference(got, want)
+    if got == want:
+        return f"{len(got)} tokens, identical"
+    if first == min(len(got), len(want)):
+        return f"DIFFER (lengths {len(got)}/{len(want)}, one a prefix of the other)"
+    top = top_two(want[:first])
+    return (f"DIFFER (lengths {len(got)}/{len(want)}, first difference at token {first}: local "
+            f"{decode(want[first:first + 1])!r}, swarm {decode(got[first:first + 1])!r}; the local model's two best "
+            f"logits there {top[0]:.3f} / {top[1]:.3f}, gap {top[0] - top[1]:.3f})")
 
 
 def _top_two(local, prompt: str, prefix) -> list:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from gsmswarm.cli import parity_line
 from gsmswarm.config import GenerationConfig, as_dict, one_line
 from gsmswarm.metrics import majority_vote
 from gsmswarm.prompts import load_prompt, prompt_hash
@@ -207,6 +208,24 @@ def test_malformed_results_line_is_named_and_kept(tmp_path):
     before = path.read_bytes()
     one_line_error(cli("run", "--limit", "3", "--output-dir", str(out), timeout=60), f"{path}:2")
     assert path.read_bytes() == before
+
+
+def test_parity_lines_name_where_the_swarm_parts_and_how_close_the_two_best_logits_were_there():
+    decode = lambda ids: "".join(chr(i) for i in ids)  # noqa: E731
+    asked = []
+
+    def top_two(prefix):
+        asked.append(prefix)
+        return [12.5, 12.25]
+
+    want = [ord(c) for c in "abcd"]
+    assert parity_line(want, list(want), decode, top_two) == "4 tokens, identical"
+    assert parity_line(want, want[:2], decode, top_two) == "DIFFER (lengths 2/4, one a prefix of the other)"
+    assert asked == []  # no logits where nothing parts inside both
+    assert parity_line(want, [ord(c) for c in "abXd"], decode, top_two) == (
+        "DIFFER (lengths 4/4, first difference at token 2: local 'c', swarm 'X'; the local model's two best logits "
+        "there 12.500 / 12.250, gap 0.250)")
+    assert asked == [want[:2]]  # the local model is asked at the shared prefix
 
 
 def test_parity_subcommand_against_a_running_swarm(swarm):
