@@ -13,7 +13,7 @@ from .metrics import accuracy, maj_curve, paired
 from .results import dtype_of, graded, load_runs, read_records, write_json
 from .convert import MODELS
 from .study import (ALPHA, ARMS, FAMILIES, claim_difference, comparison_rows, find_arms, model_rows, pending_claims,
-                    shown_arms, swarm_rows, verdict_rows, verdicts)
+                    seed_rows, shown_arms, swarm_rows, verdict_rows, verdicts)
 
 # Generated parts of markdown files, written by `python -m gsmswarm summarize --markdown FILE` and checked
 # against the records by tests/test_study.py, so no table or figure in prose can drift from the data: the
@@ -109,7 +109,7 @@ def study_results(summaries: List[dict]) -> Dict[str, dict]:
                 continue
             records = {arm: r for arm, r in local.items() if arm in family.arms}
             comparisons, claims = verdicts(records, name)
-            families[name] = {"comparisons": comparisons, "claims": claims,
+            families[name] = {"comparisons": comparisons, "claims": claims, "seeds": seed_rows(records, name),
                               "pending": pending_claims(claims, records, family=name)}
         out[model] = {"shown": shown, "families": families, "swarm": swarm_rows(local, swarm),
                       "records": {arm: local[arm] if arm in local else swarm[arm] for arm in shown}}
@@ -119,7 +119,8 @@ def study_results(summaries: List[dict]) -> Dict[str, dict]:
 def study_markdown(results: Dict[str, dict]) -> str:
     """`study_results` as docs/results.md shows it: per model and family the arms table (with each run's
     generation hours from its records: the engine's wall time, or the problems' latencies where they ran one at
-    a time); where a claim can be judged, the verdicts and every comparison; the swarm agreement."""
+    a time); where a claim can be judged, the verdicts and every comparison; the soft prompts' spread across
+    training seeds; the swarm agreement."""
     parts = []
     for model, r in results.items():
         for name, f in r["families"].items():
@@ -139,6 +140,10 @@ def study_markdown(results: Dict[str, dict]) -> str:
                 parts.append(f"Every comparison, {model}, {family.title} (difference in accuracy, a minus b, with "
                              "its paired bootstrap 95% interval; exact McNemar p):\n\n"
                              + markdown_table(comparison_rows(f["comparisons"])))
+            if len(f["seeds"]) > 1:
+                parts.append(f"The training seeds, {model}, {family.title}: each soft prompt trained with more than "
+                             "one seed, on the problems every seed finished (the spread is the noise a difference "
+                             "from one training run carries):\n\n" + markdown_table(f["seeds"]))
         if len(r["swarm"]) > 1:
             parts.append(f"The local runs against the same arms through the Petals swarm, {model}:\n\n"
                          + markdown_table(r["swarm"]))

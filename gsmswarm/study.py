@@ -269,6 +269,27 @@ def model_rows(records: Dict[str, Dict[str, List[dict]]], order: Tuple[str, ...]
     return rows
 
 
+def seed_rows(records: Dict[str, List[dict]], family: str) -> List[tuple]:
+    """Each seeded arm of the family run at more than one seed, on the problems every seed finished: its accuracy
+    at each seed, the spread between them, and how many problems the seeds agree on. The noise of training a soft
+    prompt once, to read a claim's difference against (descriptive: the claims are judged at each seed)."""
+    rows = [("arm", "problems", *(f"seed {s}" for s in SEEDS), "spread", "solved at every seed",
+             "solved at some seeds, not all")]
+    for key in FAMILIES[family].seeded:
+        run = {s: {r["idx"]: r["correct"] for r in records[seeded(key, s)]} for s in SEEDS
+               if seeded(key, s) in records}
+        if len(run) < 2:
+            continue
+        common = set.intersection(*(set(c) for c in run.values()))
+        n = max(len(common), 1)
+        acc = {s: sum(c[i] for i in common) / n for s, c in run.items()}
+        solved = [sum(c[i] for c in run.values()) for i in common]
+        rows.append((ARMS[key].label, str(len(common)), *(f"{acc[s]:.3f}" if s in acc else "–" for s in SEEDS),
+                     f"{max(acc.values()) - min(acc.values()):.3f}", str(solved.count(len(run))),
+                     str(sum(0 < k < len(run) for k in solved))))
+    return rows
+
+
 def _diff(c: dict) -> str:
     return f"{c['diff']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]"
 

@@ -8,7 +8,7 @@ from conftest import cli
 
 from gsmswarm.config import TuningConfig
 from gsmswarm.results import run_name
-from gsmswarm.study import (ARMS, FAMILIES, arm_config, find_arms, model_rows, pending_claims, swarm_rows,
+from gsmswarm.study import (ARMS, FAMILIES, arm_config, find_arms, model_rows, pending_claims, seed_rows, swarm_rows,
                             training_command, verdicts)
 from gsmswarm.tuning import folder_name
 
@@ -75,6 +75,16 @@ def test_a_claim_is_confirmed_only_if_it_holds_at_every_seed_run():
     assert claims["ptune"]["verdict"] == "undecided"  # seed 0 confirms, seed 1 does not: not confirmed
     _, claims = verdicts(runs(cot=30, rag=20, ptune_s1=60))  # a later seed alone judges nothing
     assert claims == []
+
+
+def test_seed_rows_show_each_seeded_arms_spread_on_the_problems_every_seed_finished():
+    records = runs(ptune=60, ptune_s1=50, ptune_s2=56, ptune_rag=40, deep_ptune=70)
+    records["ptune_s2"] = records["ptune_s2"][:100]  # a seed still running: the rows use its 100 problems
+    rows = seed_rows(records, "plain")
+    assert rows[0][:5] == ("arm", "problems", "seed 0", "seed 1", "seed 2")
+    assert rows[1:] == [("PT", "100", "0.600", "0.500", "0.560", "0.100", "50", "10")]  # one seed: no row
+    records["ptune_rag_s1"] = runs(x=40)["x"]
+    assert seed_rows(records, "plain")[1:] == rows[1:] + [("PT + RAG", "200", "0.200", "0.200", "–", "0.000", "40", "0")]
 
 
 def test_the_answer_reads_each_claim_across_models_side_by_side():
